@@ -1,14 +1,14 @@
 """The problems: one module per task. `get_task(name)` and `all_tasks()` are the API."""
+import pkgutil
 from importlib import import_module
 
 from baselines.task import Task, Tolerance, registry
 
-TASK_MODULES = (
-    "softmax",
-)
-
-for _name in TASK_MODULES:
-    import_module(f"baselines.{_name}")
+# Every module in this package that is not infrastructure defines and registers tasks.
+_NOT_TASKS = {"task", "peers"}
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _NOT_TASKS and not _module.name.startswith("_"):
+        import_module(f"baselines.{_module.name}")
 
 
 class UnknownTaskError(KeyError):

@@ -1,0 +1,2 @@
+"""(being written)"""
+from evo.cli import app  # noqa: F401
