@@ -78,6 +78,12 @@ def randn(shape: Sequence[int], dtype: torch.dtype, gen: torch.Generator, scale:
     return (t * scale + shift).to(dtype)
 
 
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """fp32 math for bf16/fp16/fp32 inputs; float64 stays float64, so a reference called on
+    float64 inputs is a float64 golden."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 _REGISTRY: dict[str, Task] = {}
 
 

@@ -96,7 +96,7 @@ class Candidate(Base):
 
 class JobCandidate(Base):
     __tablename__ = "job_candidates"
-    __table_args__ = (UniqueConstraint("job_id", "candidate_id"),)
+    __table_args__ = (UniqueConstraint("job_id", "candidate_id"), Index("ix_job_candidates_job_generation", "job_id", "generation"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)

@@ -47,7 +47,10 @@ class EvalResult(BaseModel):
     speedup_compile: float | None = None
     speedup_seed: float | None = None
     sol_fraction: float | None = None
-    phases: dict[str, float] = Field(default_factory=dict)  # seconds: start, compile, verify, time
+    phases: dict[str, float] = Field(default_factory=dict)  # seconds: start, compile, verify, baselines, time
+    # True when the candidate was only compiled (CUDA without a GPU: nvcc -arch=sm_90): never
+    # verified, never timed, so never "correct".
+    compile_only: bool = False
     harness_version: str = HARNESS_VERSION
 
 

@@ -1,0 +1,292 @@
+"""A job's way through the house: plan a generation, fan its evaluations out as a chord,
+and let the chord's callback `advance` decide the next generation or the end.
+
+All state is in the database, and every step is idempotent, so any process may die:
+- planning a generation stores its candidates and moves `Job.generation` forward in one
+  transaction, guarded by a compare-and-set on the old generation: a duplicate or late
+  `advance` for an old generation changes nothing;
+- `dispatch` only sends evaluations that have no finished verdict, so a resumed job never
+  repeats finished work (and the evaluation task itself is idempotent, workers/tasks.py);
+- the strategy's rng is seeded from (job seed, generation), so re-planning proposes the same.
+No task waits on another: when `advance` finds evaluations still running (a redelivered
+duplicate can fire a chord early) it schedules a re-check instead of blocking.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import random
+from dataclasses import dataclass
+
+from celery import chord
+from sqlalchemy import and_, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from db.models import Candidate, Evaluation, Job, JobCandidate, JobState, Verdict, utcnow
+from db.session import session_scope
+from evo.strategies import JobInfo, Member, Proposal, get_strategy
+from workers.celery_app import app
+from workers.protocol import HARNESS_VERSION, content_hash
+
+log = logging.getLogger(__name__)
+
+RECHECK_S = float(os.environ.get("EVO_ADVANCE_RECHECK_S", "2"))
+FINISHED = tuple(v.value for v in Verdict if v is not Verdict.pending)
+
+
+# --- the seed ------------------------------------------------------------------------------
+
+def seed_module(task_name: str, language: str) -> str:
+    """Dotted path of the task's seed kernel: the Task.seed module (Triton) or kernels/<task>_cuda.py."""
+    from baselines import get_task
+    return get_task(task_name).seed if language == "triton" else f"kernels.{task_name}_cuda"
+
+
+def seed_source(task_name: str, language: str) -> str | None:
+    spec = importlib.util.find_spec(seed_module(task_name, language))
+    if spec is None or spec.origin is None:
+        return None
+    with open(spec.origin) as f:
+        return f.read()
+
+
+def seed_languages(job_language: str) -> list[str]:
+    return ["triton", "cuda"] if job_language == "both" else [job_language]
+
+
+# --- reading a job's state -----------------------------------------------------------------
+
+def job_device(job: Job) -> str | None:
+    """Where this job's candidates are evaluated: fixed by the seed's first verdict."""
+    return job.config.get("device") if job.config else None
+
+
+def history(session: Session, job: Job, device: str | None) -> list[Member]:
+    """Every member of the job with its verdict on `device` (pending if none yet)."""
+    eval_join = and_(Evaluation.candidate_id == Candidate.id,
+                     Evaluation.device == device if device else Evaluation.status.in_(FINISHED))
+    rows = session.execute(
+        select(JobCandidate, Candidate, Evaluation)
+        .join(Candidate, JobCandidate.candidate_id == Candidate.id)
+        .outerjoin(Evaluation, eval_join)
+        .where(JobCandidate.job_id == job.id)
+        .order_by(JobCandidate.id)).all()
+    members, seen = [], set()
+    for jc, cand, ev in rows:
+        if jc.candidate_id in seen:  # several finished devices before the job's device is known
+            continue
+        seen.add(jc.candidate_id)
+        status = ev.status if ev else Verdict.pending.value
+        members.append(Member(
+            candidate_id=cand.id, source=cand.source, language=cand.language, generation=jc.generation,
+            operator=jc.operator, parent_ids=tuple(jc.parent_ids or ()), status=status,
+            runtime_ms=ev.runtime_ms if ev and status == Verdict.correct.value else None,
+            error=ev.error if ev else None, name=cand.name, thought=cand.thought,
+            speedup_eager=ev.speedup_eager if ev else None, sol_fraction=ev.sol_fraction if ev else None,
+            timings=tuple(ev.timings or ()) if ev else (), island=jc.island))
+    return members
+
+
+def job_info(job: Job, device: str | None) -> JobInfo:
+    return JobInfo(id=job.id, task=job.task, strategy=job.strategy, language=job.language, budget=job.budget,
+                   calls_used=job.calls_used, generation=job.generation + 1, config=dict(job.config or {}),
+                   device=device or "")
+
+
+def generation_rng(job: Job, generation: int) -> random.Random:
+    return random.Random(f"{job.config.get('seed', 0)}:{generation}")
+
+
+# --- writing -------------------------------------------------------------------------------
+
+def store_candidate(session: Session, task: str, source: str, language: str,
+                    name: str | None = None, thought: str | None = None) -> Candidate:
+    """The candidate row for this source, created once per (task, harness version, content)."""
+    digest = content_hash(source, task)
+    query = select(Candidate).where(Candidate.task == task, Candidate.harness_version == HARNESS_VERSION,
+                                    Candidate.content_hash == digest)
+    existing = session.scalar(query)
+    if existing is not None:
+        return existing
+    candidate = Candidate(task=task, language=language, source=source, content_hash=digest,
+                          harness_version=HARNESS_VERSION, name=name, thought=thought)
+    try:
+        with session.begin_nested():
+            session.add(candidate)
+    except IntegrityError:  # a concurrent job stored the same source first
+        return session.scalar(query)
+    return candidate
+
+
+def add_members(session: Session, job: Job, generation: int, proposals: list[Proposal]) -> int:
+    added = 0
+    for p in proposals:
+        if p.source is None:  # the LLM reply had no code: its call is recorded by the LLM layer
+            continue
+        candidate = store_candidate(session, job.task, p.source, p.language, p.name, p.thought)
+        already = session.scalar(select(JobCandidate.id).where(JobCandidate.job_id == job.id,
+                                                                JobCandidate.candidate_id == candidate.id))
+        if already is None:
+            session.add(JobCandidate(job_id=job.id, candidate_id=candidate.id, generation=generation,
+                                     operator=p.operator, parent_ids=list(p.parent_ids),
+                                     llm_call_id=p.llm_call_id, island=p.island))
+            added += 1
+    return added
+
+
+def finish(session: Session, job: Job, state: JobState, error: str | None = None) -> None:
+    """End a queued or running job; a cancelled one stays cancelled."""
+    active = (JobState.queued.value, JobState.running.value)
+    session.execute(update(Job).where(Job.id == job.id, Job.state.in_(active))
+                    .values(state=state.value, error=error, finished_at=utcnow()))
+
+
+def budget_cost(strategy_uses_llm: bool, proposals: list[Proposal]) -> int:
+    """LLM strategies pay one per LLM call; `tune` pays one per proposal."""
+    if strategy_uses_llm:
+        return sum(1 for p in proposals if p.llm_call_id is not None)
+    return len(proposals)
+
+
+# --- the steps -----------------------------------------------------------------------------
+
+def start(job_id: int) -> str:
+    """queued -> running with generation 0 = the seed kernel(s); a second call only dispatches."""
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            return "no such job"
+        owned = s.execute(update(Job).where(Job.id == job_id, Job.state == JobState.queued.value)
+                          .values(state=JobState.running.value, generation=0)).rowcount == 1
+        if owned:
+            seeds = []
+            for language in seed_languages(job.language):
+                source = seed_source(job.task, language)
+                if source is None:
+                    raise RuntimeError(f"task {job.task} has no {language} seed ({seed_module(job.task, language)})")
+                seeds.append(Proposal(source=source, language=language, operator="seed",
+                                      name=f"seed ({language})"))
+            add_members(s, job, 0, seeds)
+    return dispatch(job_id)
+
+
+def dispatch(job_id: int) -> str:
+    """Send the current generation's unfinished evaluations as a chord whose callback is advance."""
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.state != JobState.running.value:
+            return "not running"
+        generation = job.generation
+        todo = [m.candidate_id for m in history(s, job, job_device(job))
+                if m.generation == generation and m.status == Verdict.pending.value]
+    callback = advance_task.si(job_id, generation)
+    if todo:
+        chord([evaluate_signature(cid, job_id) for cid in todo])(callback)
+    else:
+        callback.apply_async()
+    return f"dispatched {len(todo)} evaluations of generation {generation}"
+
+
+def evaluate_signature(candidate_id: int, job_id: int):
+    return app.signature("workers.tasks.evaluate", args=(candidate_id, job_id), queue="gpu")
+
+
+def advance(job_id: int, generation: int) -> str:
+    """After generation `generation`: the next generation, a re-check later, or the end."""
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.state != JobState.running.value or job.generation != generation:
+            return "stale"
+        device = job_device(job)
+        members = history(s, job, device)
+        if any(m.generation == generation and m.status == Verdict.pending.value for m in members):
+            advance_task.apply_async((job_id, generation), countdown=RECHECK_S)
+            return "waiting for evaluations"
+        if device is None:
+            device = _first_device(s, job)
+            if device is not None:
+                job.config = {**(job.config or {}), "device": device}
+                members = history(s, job, device)
+        valid = sorted((m for m in members if m.valid), key=lambda m: m.runtime_ms)
+        job.best_candidate_id = valid[0].candidate_id if valid else None
+        info = job_info(job, device)
+        llm_model, llm_endpoint = job.llm_model, job.llm_endpoint
+        rng = generation_rng(job, generation + 1)
+        if job.calls_used >= job.budget:
+            finish(s, job, JobState.done if valid else JobState.failed, None if valid else _no_valid(members))
+            return "done: budget spent"
+    strategy = get_strategy(info.strategy)
+    llm = None
+    if strategy.uses_llm:
+        from evo.llm import client_for_job
+        llm = client_for_job(info, model=llm_model, base_url=llm_endpoint)
+    # Outside any transaction: LLM calls take seconds to minutes.
+    proposals = strategy.propose(info, members, rng, llm)
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        if not proposals:
+            finish(s, job, JobState.done if valid else JobState.failed, None if valid else _no_valid(members))
+            return "done: nothing more to try"
+        moved = s.execute(update(Job).where(Job.id == job_id, Job.generation == generation,
+                                            Job.state == JobState.running.value)
+                          .values(generation=generation + 1,
+                                  calls_used=Job.calls_used + budget_cost(strategy.uses_llm, proposals))).rowcount
+        if moved != 1:
+            return "stale"
+        add_members(s, job, generation + 1, proposals)
+    return dispatch(job_id)
+
+
+def _first_device(session: Session, job: Job) -> str | None:
+    return session.scalar(
+        select(Evaluation.device).join(JobCandidate, JobCandidate.candidate_id == Evaluation.candidate_id)
+        .where(JobCandidate.job_id == job.id, Evaluation.status.in_(FINISHED))
+        .order_by(Evaluation.finished_at).limit(1))
+
+
+def _no_valid(members: list[Member]) -> str:
+    seeds = [m for m in members if m.operator == "seed"]
+    detail = "; ".join(f"seed {m.language}: {m.status}: {(m.error or '').splitlines()[0] if m.error else ''}"
+                       for m in seeds)
+    return f"no correct candidate ({detail})"
+
+
+# --- Celery tasks (queue `control`) --------------------------------------------------------
+
+def _guarded(job_id: int, step, *args) -> str:
+    """Run a step; a bug or a strategy error fails the job with the reason instead of looping."""
+    try:
+        return step(job_id, *args)
+    except OperationalError:
+        raise  # database busy or gone: let Celery retry
+    except Exception as e:
+        log.exception("job %s failed", job_id)
+        with session_scope() as s:
+            job = s.get(Job, job_id)
+            if job is not None:
+                finish(s, job, JobState.failed, f"{type(e).__name__}: {e}")
+        return f"failed: {e}"
+
+
+@app.task(name="evo.orchestrate.start", autoretry_for=(OperationalError,), max_retries=5, retry_backoff=True)
+def start_task(job_id: int) -> str:
+    return _guarded(job_id, start)
+
+
+@app.task(name="evo.orchestrate.advance", autoretry_for=(OperationalError,), max_retries=5, retry_backoff=True)
+def advance_task(job_id: int, generation: int) -> str:
+    return _guarded(job_id, advance, generation)
+
+
+@app.task(name="evo.orchestrate.resume", autoretry_for=(OperationalError,), max_retries=5, retry_backoff=True)
+def resume_task(job_id: int) -> str:
+    return _guarded(job_id, dispatch)
+
+
+# --- entry points for evo.jobs (CLI, web API) ----------------------------------------------
+
+def enqueue(task_name: str, job_id: int, celery_app=None) -> None:
+    """Send a control task by name: works from any process holding a Celery app for the broker."""
+    (celery_app or app).send_task(f"evo.orchestrate.{task_name}", args=(job_id,), queue="control")

@@ -1,0 +1,104 @@
+"""Solution guiding: what information a prompt carries, as plain data for the templates.
+
+I1 task context: the task (description, signature, shapes, dtypes, forbidden ops, the
+   PyTorch reference), the device, and one kernel to start from with its measurements
+   (the current best, or the baseline for EoH).
+I2 historical solutions: earlier candidates with their names (the approach), status,
+   runtimes and code.
+I3 optimization insights: the thoughts earlier replies gave, sampled from the population
+   detached from their code, and the evaluator's feedback: compiler errors, mismatch
+   reports and achieved fraction of the speed-of-light bound.
+"""
+from __future__ import annotations
+
+import inspect
+import random
+import textwrap
+from dataclasses import dataclass
+
+from baselines import get_task
+from evo.strategies.base import JobInfo, Member
+
+I1, I2, I3 = "I1", "I2", "I3"
+INSIGHTS_SAMPLED = 3  # thoughts per prompt, as in the paper
+ERROR_CHARS = 1500  # of one error message in a prompt: enough for the first compiler error
+
+
+@dataclass(frozen=True)
+class MemberView:
+    """A member as the templates show it."""
+
+    id: int
+    name: str
+    status: str
+    runtime_ms: float | None
+    speedup_eager: float | None
+    sol_fraction: float | None
+    source: str
+    language: str
+    error: str | None
+    thought: str | None
+    timings: tuple[str, ...]  # one line per benchmark shape
+
+    @property
+    def valid(self) -> bool:
+        return self.status == "correct" and self.runtime_ms is not None
+
+
+def view(m: Member) -> MemberView:
+    return MemberView(id=m.candidate_id, name=m.name or ("seed kernel" if m.operator == "seed" else f"candidate {m.candidate_id}"),
+                      status=m.status, runtime_ms=m.runtime_ms, speedup_eager=m.speedup_eager,
+                      sol_fraction=m.sol_fraction, source=(m.source or "").strip("\n"), language=m.language,
+                      error=_clip(m.error), thought=m.thought, timings=tuple(timing_line(t) for t in m.timings))
+
+
+def timing_line(t: dict) -> str:
+    shape = " ".join(f"{k}={v}" for k, v in (t.get("shape") or {}).items())
+    parts = [f"{shape} {t.get('dtype', '')}".strip() + f": {t['median_ms']:.4g} ms" if t.get("median_ms") is not None
+             else shape]
+    if t.get("speedup_eager") is not None:
+        parts.append(f"{t['speedup_eager']:.2f}x vs PyTorch eager")
+    if t.get("sol_fraction") is not None:
+        parts.append(f"{100 * t['sol_fraction']:.0f}% of the speed-of-light bound")
+    return ", ".join(parts)
+
+
+def task_context(job: JobInfo) -> dict:
+    """The stable part of I1: identical for every prompt of a job."""
+    task = get_task(job.task)
+    try:
+        reference = textwrap.dedent(inspect.getsource(task.reference)).strip("\n")
+    except (OSError, TypeError):
+        reference = None
+    shapes = [" ".join(f"{k}={v}" for k, v in s.items()) for s in task.shapes]
+    return {"name": task.name, "description": task.description, "signature": task.signature,
+            "shapes": shapes, "dtypes": [str(d).removeprefix("torch.") for d in task.dtypes],
+            "forbidden": list(task.forbidden), "reference": reference, "device": job.device or "an NVIDIA GPU"}
+
+
+def best_of(history: list[Member]) -> Member | None:
+    valid = [m for m in history if m.valid]
+    return min(valid, key=lambda m: (m.runtime_ms, m.candidate_id)) if valid else None
+
+
+def seed_of(history: list[Member]) -> Member | None:
+    return next((m for m in history if m.operator == "seed"), None)
+
+
+def insights(history: list[Member], rng: random.Random, k: int = INSIGHTS_SAMPLED) -> list[str]:
+    """Up to k thoughts sampled from the population, detached from their code."""
+    thoughts = sorted({m.thought.strip() for m in history if m.thought and m.thought.strip()})
+    return rng.sample(thoughts, min(k, len(thoughts)))
+
+
+def feedback(history: list[Member], best: Member | None) -> dict:
+    """The evaluator's word: the latest failures' errors, and how far the best is from the bound."""
+    last_gen = max((m.generation for m in history), default=0)
+    failures = [view(m) for m in history if m.generation == last_gen and not m.valid and m.error]
+    return {"failures": failures[:4], "best": view(best) if best else None}
+
+
+def _clip(text: str | None) -> str | None:
+    if text is None or len(text) <= ERROR_CHARS:
+        return text
+    return text[:ERROR_CHARS] + f"\n... ({len(text) - ERROR_CHARS} more characters)"

@@ -1,0 +1,253 @@
+"""mLSTM chunkwise forward (Triton), seed of the `mlstm_chunkwise_fwd` task; the library op
+(kernels/mlstm/ops.py) uses `mlstm_chunkwise_fwd`, and the backward reuses both kernels.
+
+Three steps, none of which waits on another program:
+  1. gate terms (torch, O(T) floats): per-chunk cumulative log forget b, the chunk-boundary
+     stabilizers m_c (a max-plus scan: a cummax), per-token stabilizers m_t; every exponent the
+     kernels use is precomputed in log space and is <= 0, so no exp overflows.
+  2. `_chunk_state_scan`: the inter-chunk recurrence C_c = exp(decay_c) C_{c-1} + (k * w)^T v,
+     parallel over (DQK/BK, DV/BN) tiles of the state; stores the state before every chunk.
+  3. `_chunk_attend`: every (tile of BR rows in a chunk, DV block) at once: intra-chunk attention
+     over the chunk's earlier column tiles (TFLA-style tiling: chunks of 64..512 as tiles of
+     BR x BC, so the score tile stays in registers) plus q . C_{c-1}, then the normalizer.
+`_chunk_attend` is written once for four products (forward h, and dq, dk, dv in the backward):
+out[rows] = scale * (sum_{cols in chunk, causal} (X_r . Y_c + extra) exp(rg_r + cg_c) Z_c
+                     + exp(rs_r) (X_r @ STATE + state extra)).
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+CHUNK = 128  # tunable: 64, 128, 256, 512
+TILE = 64  # tunable: 32, 64, 128
+BLOCK_K = 64  # tunable: 32, 64, 128
+BLOCK_N = 256  # tunable: 64, 128, 256
+STATE_BLOCK_K = 64  # tunable: 32, 64, 128
+STATE_BLOCK_N = 64  # tunable: 32, 64, 128
+NUM_WARPS = 8  # tunable: 4, 8
+NUM_STAGES = 2  # tunable: 1, 2, 3
+EPS = 1e-6
+PAD_GATE = -1e30  # input gate of padding tokens: exp(-1e30 - anything) = 0, no inf - inf
+
+
+@triton.jit
+def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, vec_ptr, T, TP, NC, n_states,
+                      KD: tl.constexpr, ND: tl.constexpr, CHUNK: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
+                      REVERSE: tl.constexpr, HAS_COEF: tl.constexpr):
+    """state <- exp(decay_c) state + (A_c * exp(wlog))^T B_c and vec <- exp(decay_c) vec + sum_j A_j exp(wlog_j) coef_j,
+    over chunks in order (or reversed); states[c] is the state before chunk c is absorbed, and
+    in forward order states[NC] the final one."""
+    pk, pn, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    rk = pk * BK + tl.arange(0, BK)
+    rn = pn * BN + tl.arange(0, BN)
+    a_ptr += bh * T * KD
+    b_ptr += bh * T * ND
+    wlog_ptr += bh * TP
+    coef_ptr += bh * TP
+    decay_ptr += bh * NC
+    states_ptr += bh * n_states * KD * ND
+    vec_ptr += bh * n_states * KD
+    state = tl.zeros((BK, BN), tl.float32)
+    vec = tl.zeros((BK,), tl.float32)
+    for step in range(NC):
+        c = NC - 1 - step if REVERSE else step
+        tl.store(states_ptr + c * KD * ND + rk[:, None] * ND + rn[None, :], state)
+        if pn == 0:
+            tl.store(vec_ptr + c * KD + rk, vec)
+        rows = c * CHUNK + tl.arange(0, CHUNK)
+        valid = rows < T
+        a = tl.load(a_ptr + rows[:, None] * KD + rk[None, :], mask=valid[:, None], other=0.0)
+        b = tl.load(b_ptr + rows[:, None] * ND + rn[None, :], mask=valid[:, None], other=0.0)
+        w = tl.exp(tl.load(wlog_ptr + rows))
+        decay = tl.exp(tl.load(decay_ptr + c))
+        aw = a.to(tl.float32) * w[:, None]
+        state = decay * state + tl.dot(tl.trans(aw.to(b.dtype)), b)
+        if HAS_COEF:
+            aw = aw * tl.load(coef_ptr + rows)[:, None]
+        vec = decay * vec + tl.sum(aw, axis=0)
+    if not REVERSE:
+        tl.store(states_ptr + NC * KD * ND + rk[:, None] * ND + rn[None, :], state)
+        if pn == 0:
+            tl.store(vec_ptr + NC * KD + rk, vec)
+
+
+@triton.jit
+def _chunk_attend(x_ptr, y_ptr, z_ptr, state_ptr, vec_ptr, rg_ptr, cg_ptr, rs_ptr, extra_ptr, m_ptr,
+                  out_ptr, den_ptr, s_ptr, T, TP, n_states, st_k, st_n, scale, eps,
+                  KD: tl.constexpr, ND: tl.constexpr, CHUNK: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
+                  BK: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, FWD: tl.constexpr,
+                  ROW_EXTRA: tl.constexpr, COL_EXTRA: tl.constexpr):
+    pr, pn, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    if pr * BR >= T:
+        return
+    rows = pr * BR + tl.arange(0, BR)
+    rn = pn * BN + tl.arange(0, BN)
+    valid_r = rows < T
+    chunk = (pr * BR) // CHUNK
+    x_ptr += bh * T * KD
+    y_ptr += bh * T * KD
+    z_ptr += bh * T * ND
+    out_ptr += bh * T * ND
+    rg_ptr += bh * TP
+    cg_ptr += bh * TP
+    rs_ptr += bh * TP
+    extra_ptr += bh * TP
+    state_ptr += (bh * n_states + chunk) * KD * ND
+    vec_len: tl.constexpr = KD if FWD else ND
+    vec_ptr += (bh * n_states + chunk) * vec_len
+    rg = tl.load(rg_ptr + rows)
+    if ROW_EXTRA:
+        row_extra = tl.load(extra_ptr + rows)
+    acc = tl.zeros((BR, BN), tl.float32)
+    s = tl.zeros((BR,), tl.float32)
+    if REVERSE:
+        lo, hi = pr * BR, tl.minimum((chunk + 1) * CHUNK, T)
+    else:
+        lo, hi = chunk * CHUNK, pr * BR + BR
+    for col0 in range(lo, hi, BC):
+        cols = col0 + tl.arange(0, BC)
+        valid_c = cols < T
+        score = tl.zeros((BR, BC), tl.float32)
+        for k0 in range(0, KD, BK):
+            rk = k0 + tl.arange(0, BK)
+            x = tl.load(x_ptr + rows[:, None] * KD + rk[None, :], mask=valid_r[:, None], other=0.0)
+            y = tl.load(y_ptr + cols[:, None] * KD + rk[None, :], mask=valid_c[:, None], other=0.0)
+            score += tl.dot(x, tl.trans(y))
+        if ROW_EXTRA:
+            score += row_extra[:, None]
+        if COL_EXTRA:
+            score += tl.load(extra_ptr + cols)[None, :]
+        if REVERSE:
+            keep = (cols[None, :] >= rows[:, None]) & valid_c[None, :]
+        else:
+            keep = cols[None, :] <= rows[:, None]
+        cg = tl.load(cg_ptr + cols)
+        score *= tl.exp(tl.where(keep, rg[:, None] + cg[None, :], -float("inf")))
+        if FWD:
+            s += tl.sum(score, axis=1)
+        z = tl.load(z_ptr + cols[:, None] * ND + rn[None, :], mask=valid_c[:, None], other=0.0)
+        acc += tl.dot(score.to(z.dtype), z)
+    # the state carried into (or, reversed, out of) this chunk
+    inter = tl.zeros((BR, BN), tl.float32)
+    s_inter = tl.zeros((BR,), tl.float32)
+    for k0 in range(0, KD, BK):
+        rk = k0 + tl.arange(0, BK)
+        x = tl.load(x_ptr + rows[:, None] * KD + rk[None, :], mask=valid_r[:, None], other=0.0).to(tl.float32)
+        inter += tl.dot(x, tl.load(state_ptr + rk[:, None] * st_k + rn[None, :] * st_n))
+        if FWD:
+            s_inter += tl.sum(x * tl.load(vec_ptr + rk)[None, :], axis=1)
+    if ROW_EXTRA:
+        inter += row_extra[:, None] * tl.load(vec_ptr + rn)[None, :]
+    if COL_EXTRA:
+        inter += tl.load(vec_ptr + rn)[None, :]
+    state_scale = tl.exp(tl.load(rs_ptr + rows))
+    acc = scale * (acc + state_scale[:, None] * inter)
+    if FWD:
+        s = scale * (s + state_scale * s_inter)
+        m = tl.load(m_ptr + bh * TP + rows)
+        den = tl.maximum(tl.abs(s), tl.exp(-m)) + eps
+        acc = acc / den[:, None]
+        if pn == 0:
+            tl.store(den_ptr + bh * T + rows, den, mask=valid_r)
+            tl.store(s_ptr + bh * T + rows, s, mask=valid_r)
+    tl.store(out_ptr + rows[:, None] * ND + rn[None, :], acc.to(out_ptr.dtype.element_ty), mask=valid_r[:, None])
+
+
+def gate_terms(i: torch.Tensor, f: torch.Tensor, chunk: int) -> dict:
+    """Log-space gate quantities, (BH, TP) per token or (BH, NC) per chunk, TP = NC * chunk, fp32.
+    m_c (after chunk c) = G_c + max(0, cummax_c(a_c - G_c)): the recurrence m_c = max(g_c + m_{c-1}, a_c)
+    from m = 0 solved in closed form (G: cumulative chunk log-forget g, a_c: max_j g_c - b_j + i_j)."""
+    bh, t = i.shape
+    nc = triton.cdiv(t, chunk)
+    pad = nc * chunk - t
+    log_f = F.pad(F.logsigmoid(f.float()), (0, pad)).view(bh, nc, chunk)
+    ig = F.pad(i.float(), (0, pad), value=PAD_GATE).view(bh, nc, chunk)
+    b = log_f.cumsum(-1)
+    g = b[..., -1]
+    a = (g[..., None] - b + ig).amax(-1)
+    big_g = g.cumsum(-1)
+    m_chunk = big_g + torch.cummax(a - big_g, dim=-1).values.clamp(min=0.0)
+    m_prev = F.pad(m_chunk[:, :-1], (1, 0))
+    m_tok = b + torch.maximum(m_prev[..., None], torch.cummax(ig - b, dim=-1).values)
+    flat = lambda x: x.reshape(bh, nc * chunk).contiguous()  # noqa: E731
+    return dict(
+        row=flat(b - m_tok),  # query side of the intra-chunk decay exp(b_t - b_j + i_j - m_t)
+        col=flat(ig - b),  # key side
+        inter=flat(b + m_prev[..., None] - m_tok),  # weight of the carried state at token t
+        weight=flat(g[..., None] - b + ig - m_chunk[..., None]),  # weight of token j in the next state
+        decay=(g + m_prev - m_chunk).contiguous(),  # carried state's weight across chunk c
+        m=flat(m_tok), m_chunk=m_chunk, n_chunks=nc)
+
+
+def check_inputs(q, k, v, i, f, chunk, tile):
+    if q.dim() != 4 or q.shape != k.shape or q.shape[:-1] != v.shape[:-1] or i.shape != q.shape[:-1] \
+            or f.shape != i.shape:
+        raise ValueError(f"expected q, k (B, H, T, DQK), v (B, H, T, DV), i, f (B, H, T); got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}, {tuple(i.shape)}, {tuple(f.shape)}")
+    for name, n in (("DQK", q.shape[-1]), ("DV", v.shape[-1]), ("tile", tile)):
+        if n < 16 or n & (n - 1):
+            raise ValueError(f"{name}={n} must be a power of two >= 16")
+    if chunk % tile:
+        raise ValueError(f"chunk size {chunk} must be a multiple of the tile {tile}")
+
+
+def attend(x, y, z, state, vec, rg, cg, rs, *, chunk, tile, scale, state_t=False, reverse=False, extra=None,
+           row_extra=False, col_extra=False, fwd_m=None):
+    """Launch `_chunk_attend`; x, y (BH, T, KD), z (BH, T, ND), state (BH, n, DQK, DV) read as KD x ND
+    (transposed when state_t). Returns out (BH, T, ND) [, den, s when fwd_m is given]."""
+    bh, t, kd = x.shape
+    nd = z.shape[-1]
+    tp = rg.shape[-1]
+    n_states, d0, d1 = state.shape[1:]
+    st_k, st_n = (1, d1) if state_t else (d1, 1)
+    out = torch.empty_like(z)
+    fwd = fwd_m is not None
+    den = torch.empty(bh, t, device=x.device, dtype=torch.float32) if fwd else out
+    s = torch.empty_like(den) if fwd else out
+    block_k, block_n = min(BLOCK_K, kd), min(BLOCK_N, nd)
+    grid = (tp // tile, triton.cdiv(nd, block_n), bh)
+    _chunk_attend[grid](x, y, z, state, vec, rg, cg, rs, extra if extra is not None else rg,
+                        fwd_m if fwd else rg, out, den, s, t, tp, n_states, st_k, st_n, scale, EPS,
+                        KD=kd, ND=nd, CHUNK=chunk, BR=tile, BC=tile, BK=block_k, BN=block_n, REVERSE=reverse,
+                        FWD=fwd, ROW_EXTRA=row_extra, COL_EXTRA=col_extra, num_warps=NUM_WARPS,
+                        num_stages=NUM_STAGES)
+    return (out, den, s) if fwd else out
+
+
+def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None):
+    """Launch `_chunk_state_scan`: states (BH, NC (+1 forward), KD, ND) and vec (BH, same, KD), fp32."""
+    bh, t, kd = a.shape
+    nd = b.shape[-1]
+    nc = decay.shape[-1]
+    n_states = nc if reverse else nc + 1
+    states = torch.empty(bh, n_states, kd, nd, device=a.device, dtype=torch.float32)
+    vec = torch.empty(bh, n_states, kd, device=a.device, dtype=torch.float32)
+    block_k, block_n = min(STATE_BLOCK_K, kd), min(STATE_BLOCK_N, nd)
+    grid = (triton.cdiv(kd, block_k), triton.cdiv(nd, block_n), bh)
+    _chunk_state_scan[grid](a, b, wlog, decay, coef if coef is not None else wlog, states, vec, t, wlog.shape[-1],
+                            nc, n_states, KD=kd, ND=nd, CHUNK=chunk, BK=block_k, BN=block_n, REVERSE=reverse,
+                            HAS_COEF=coef is not None, num_warps=4, num_stages=NUM_STAGES)
+    return states, vec
+
+
+def mlstm_chunkwise_fwd(q, k, v, i, f, chunk=None, tile=None):
+    """h (B, H, T, DV) and what the backward and a following decode need:
+    (h, C states (B*H, NC+1, DQK, DV), n states (B*H, NC+1, DQK), den (B*H, T), s (B*H, T), m_chunk (B*H, NC))."""
+    chunk = chunk or CHUNK
+    tile = min(tile or TILE, chunk)
+    check_inputs(q, k, v, i, f, chunk, tile)
+    b, h, t, dqk = q.shape
+    dv = v.shape[-1]
+    q, k, v = (x.reshape(b * h, t, x.shape[-1]).contiguous() for x in (q, k, v))
+    gates = gate_terms(i.reshape(b * h, t), f.reshape(b * h, t), chunk)
+    c_states, n_states = state_scan(k, v, gates["weight"], gates["decay"], chunk=chunk)
+    out, den, s = attend(q, k, v, c_states, n_states, gates["row"], gates["col"], gates["inter"], chunk=chunk,
+                         tile=tile, scale=1.0 / math.sqrt(dqk), fwd_m=gates["m"])
+    return out.view(b, h, t, dv), c_states, n_states, den, s, gates["m_chunk"]
+
+
+def entry(q, k, v, i, f):
+    return mlstm_chunkwise_fwd(q, k, v, i, f)[0]
