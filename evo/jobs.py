@@ -23,22 +23,13 @@ class JobError(ValueError):
 
 
 def validate(task: str, strategy: str, budget: int, language: str, config: dict | None) -> None:
-    from baselines import UnknownTaskError, get_task
-    from evo.orchestrate import seed_languages, seed_module, seed_source
-
-    try:
-        get_task(task)
-    except UnknownTaskError as e:
-        raise JobError(str(e)) from None
-    if strategy not in STRATEGIES:
-        raise JobError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    # Cheap checks first: the task registry imports torch and every task module.
     if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
         raise JobError(f"budget must be a positive whole number, got {budget!r}")
     if language not in LANGUAGES:
         raise JobError(f"language must be one of {', '.join(LANGUAGES)}, got {language!r}")
-    for lang in seed_languages(language):
-        if seed_source(task, lang) is None:
-            raise JobError(f"task {task} has no {lang} seed kernel ({seed_module(task, lang)})")
+    if strategy not in STRATEGIES:
+        raise JobError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
     if config is not None:
         if not isinstance(config, dict):
             raise JobError("config must be a JSON object")
@@ -49,6 +40,16 @@ def validate(task: str, strategy: str, budget: int, language: str, config: dict 
         seed = config.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise JobError(f"config seed must be an integer, got {seed!r}")
+
+    from baselines import UnknownTaskError, get_task
+    from evo.orchestrate import seed_languages, seed_module, seed_source
+    try:
+        get_task(task)
+    except UnknownTaskError as e:
+        raise JobError(str(e)) from None
+    for lang in seed_languages(language):
+        if seed_source(task, lang) is None:
+            raise JobError(f"task {task} has no {lang} seed kernel ({seed_module(task, lang)})")
 
 
 def submit_job(session: Session, task: str, strategy: str = "tune", budget: int = 45, language: str = "triton",

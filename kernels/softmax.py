@@ -26,7 +26,9 @@ def _softmax_looped_kernel(x_ptr, y_ptr, n_cols, stride_x, stride_y, BLOCK: tl.c
         cols = start + tl.arange(0, BLOCK)
         x = tl.load(x_ptr + row * stride_x + cols, mask=cols < n_cols, other=-float("inf")).to(tl.float32)
         m_new = tl.maximum(m, x)
-        s = s * tl.exp(m - m_new) + tl.where(x == -float("inf"), 0.0, tl.exp(x - m_new))
+        # A lane that has seen only padding keeps m = -inf: guard exp(-inf - -inf) = NaN.
+        alpha = tl.where(m == m_new, 1.0, tl.exp(m - m_new))
+        s = s * alpha + tl.where(x == -float("inf"), 0.0, tl.exp(x - m_new))
         m = m_new
     row_max = tl.max(m, axis=0)
     row_sum = tl.sum(s * tl.exp(m - row_max), axis=0)

@@ -74,7 +74,7 @@ class Cluster:
         self.env = {
             "EVO_DATABASE_URL": db_url, "EVO_BROKER_URL": broker_url, "EVO_HOME": str(tmp_path),
             # Short limits so a lost task comes back within seconds, not hours.
-            "EVO_TASK_TIME_LIMIT": "20", "EVO_VISIBILITY_TIMEOUT": "21", "EVO_RESTORE_INTERVAL": "1",
+            "EVO_TASK_TIME_LIMIT": "15", "EVO_VISIBILITY_TIMEOUT": "16", "EVO_RESTORE_INTERVAL": "1",
             "EVO_ADVANCE_RECHECK_S": "0.5", "TRITON_INTERPRET": "1",
         }
         self.app = create_app(broker_url)
@@ -110,12 +110,24 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path, sqlite_db, redis_url, monkeypatch):
+def cluster_for(tmp_path, sqlite_db, monkeypatch):
+    """cluster_for(broker_url) -> a Cluster on the test's database; all are stopped at the end."""
     for key in ("EVO_TASK_TIME_LIMIT", "EVO_VISIBILITY_TIMEOUT", "EVO_RESTORE_INTERVAL"):
         monkeypatch.delenv(key, raising=False)
-    c = Cluster(tmp_path, sqlite_db, redis_url)
-    yield c
-    c.stop()
+    made = []
+
+    def make(broker_url: str) -> Cluster:
+        made.append(Cluster(tmp_path, sqlite_db, broker_url))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.stop()
+
+
+@pytest.fixture
+def cluster(cluster_for, redis_url):
+    return cluster_for(redis_url)
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

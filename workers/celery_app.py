@@ -6,7 +6,7 @@ keeps chord bookkeeping. Settings come from the environment when the configurati
 needed (not at import), so the embedded mode can start its Redis and then set EVO_BROKER_URL:
 
   EVO_BROKER_URL          redis://host:port/db, rediss://..., or redis+socket:///path.sock
-  EVO_TASK_TIME_LIMIT     hard limit of one task in seconds (default 1800); the soft limit is 30 s less
+  EVO_TASK_TIME_LIMIT     hard limit of one task in seconds (default 1800); the soft limit is 10% (at most 30 s) less
   EVO_VISIBILITY_TIMEOUT  seconds before an unacknowledged task goes to another worker
                           (default 2 x the time limit; must exceed it, or a slow task runs twice)
   EVO_RESTORE_INTERVAL    seconds between sweeps that redeliver tasks of dead workers (default 10)
@@ -56,9 +56,14 @@ def _int_env(name: str, default: int) -> int:
     return value
 
 
+def task_time_limit() -> int:
+    """Hard limit of one task in seconds: also how long a claimed evaluation counts as in flight."""
+    return _int_env("EVO_TASK_TIME_LIMIT", 1800)
+
+
 def settings(url: str | None = None) -> dict:
     url = broker_url(url)
-    time_limit = _int_env("EVO_TASK_TIME_LIMIT", 1800)
+    time_limit = task_time_limit()
     visibility = _int_env("EVO_VISIBILITY_TIMEOUT", 2 * time_limit)
     if visibility <= time_limit:
         raise ConfigError(f"EVO_VISIBILITY_TIMEOUT ({visibility}) must exceed EVO_TASK_TIME_LIMIT ({time_limit})")
@@ -88,7 +93,7 @@ def settings(url: str | None = None) -> dict:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_time_limit": time_limit,
-        "task_soft_time_limit": max(time_limit - 30, time_limit // 2),
+        "task_soft_time_limit": time_limit - max(1, min(30, time_limit // 10)),  # leaves time to record a timeout
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],

@@ -38,6 +38,12 @@ _ENV_KEEP_PREFIXES = ("TRITON_", "TORCHINDUCTOR_", "CUPY_")
 _ENV_SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AUTH")
 
 
+_PHASES = {"compile": "importing the module and its first call, where Triton/NVRTC compile",
+           "verify": "the verification calls at the check shapes",
+           "baselines": "timing eager, torch.compile and the seed: a harness problem, not the candidate's",
+           "time": "timing the candidate at the benchmark shapes"}
+
+
 @dataclass(frozen=True)
 class Timeouts:
     """Hard limits in seconds, per phase of one evaluation (start: spawning the process)."""
@@ -80,7 +86,7 @@ class _Process:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "workers.harness.child", "--requests", str(req_r), "--results", str(res_w),
-                 "--device", "cpu" if gpu is None else "cuda"],
+                 "--device", "cpu" if gpu is None else "cuda", "--parent", str(os.getpid())],
                 pass_fds=(req_r, res_w), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, env=clean_environment(gpu), cwd=REPO_ROOT)
         os.close(req_r)
@@ -144,6 +150,11 @@ class Evaluator:
         self._process: _Process | None = None
 
     @property
+    def pid(self) -> int | None:
+        """The evaluation process's pid, None while none runs (it starts on first use)."""
+        return self._process.proc.pid if self._process is not None and self._process.alive() else None
+
+    @property
     def device(self) -> str:
         if self._process is not None:
             return self._process.environment.get("device", CPU_DEVICE)
@@ -201,9 +212,9 @@ class Evaluator:
 
     def _timed_out(self, phase: str, started: dict) -> EvalResult:
         result = self._result("timeout", (
-            f"the {phase} phase exceeded its hard limit of {self.timeouts.of(phase):.0f} s and the evaluation "
-            f"process was killed. Look for a loop that never ends, a grid or loop bound computed wrongly, or "
-            f"programs waiting on each other."), started)
+            f"the {phase} phase ({_PHASES[phase]}) exceeded its hard limit of {self.timeouts.of(phase):.0f} s and "
+            f"the evaluation process was killed. Look for a loop that never ends, a grid or loop bound computed "
+            f"wrongly, or programs waiting on each other."), started)
         self._process.kill()
         self._process = None
         return result

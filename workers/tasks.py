@@ -2,11 +2,11 @@
 
 Idempotent under redelivery: the row is unique per (candidate, device) and carries an
 attempts counter. A task that finds the row finished returns its verdict without work; one
-that finds it claimed by a live attempt (started less than the task time limit ago) leaves
-it alone; one that finds a dead attempt takes over, up to MAX_ATTEMPTS, after which the
-candidate is recorded as runtime_error (a kernel that kills its worker every time).
-A chord header task must never raise, or one bad kernel fails the whole generation, so
-`evaluate` always returns a status dict.
+that finds it claimed by another attempt (started less than the task time limit ago) retries
+once that claim's lease has run out (the chord keeps waiting for it); one that finds a dead
+attempt takes over, up to MAX_ATTEMPTS, after which the candidate is recorded as
+runtime_error (a kernel that kills its worker every time). A chord header task must never
+raise, or one bad kernel fails the whole generation, so `evaluate` returns a status dict.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from db.models import Candidate, Evaluation, Job, JobState, Verdict, utcnow
 from db.session import get_engine, session_scope
-from workers.celery_app import app
+from workers.celery_app import app, task_time_limit
 from workers.protocol import EvalResult
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def _close_evaluator(**_):
 
 
 def _lease() -> timedelta:
-    return timedelta(seconds=app.conf.task_time_limit or 1800)
+    return timedelta(seconds=task_time_limit())
 
 
 def claim(candidate_id: int, device_name: str, worker: str) -> tuple[str, Evaluation | None]:
@@ -141,6 +141,13 @@ def evaluate_candidate(candidate_id: int, job_id: int | None = None) -> dict:
         task, source, language = candidate.task, candidate.source, candidate.language
     device_name = device()
     outcome, row = claim(candidate_id, device_name, f"{socket.gethostname()}:{os.getpid()}")
+    if outcome == "in_flight":
+        # Another attempt holds the claim. If it is alive it finishes the row; if it died (its
+        # worker was killed and this is the redelivered task, or a resume), look again once its
+        # lease has run out, then take over.
+        left = (_aware(row.started_at) + _lease() - utcnow()).total_seconds() if row.started_at else 0
+        return {"candidate_id": candidate_id, "status": row.status, "reason": outcome,
+                "retry_in": max(left, 0) + 1}
     if outcome != "run":
         return {"candidate_id": candidate_id, "status": row.status, "reason": outcome}
     try:
@@ -156,10 +163,13 @@ def evaluate_candidate(candidate_id: int, job_id: int | None = None) -> dict:
     return {"candidate_id": candidate_id, "status": result.status, "reason": "evaluated"}
 
 
-@app.task(name="workers.tasks.evaluate", acks_late=True, reject_on_worker_lost=True)
-def evaluate(candidate_id: int, job_id: int | None = None) -> dict:
+@app.task(name="workers.tasks.evaluate", bind=True, acks_late=True, reject_on_worker_lost=True)
+def evaluate(self, candidate_id: int, job_id: int | None = None) -> dict:
     try:
-        return evaluate_candidate(candidate_id, job_id)
+        outcome = evaluate_candidate(candidate_id, job_id)
     except Exception as e:  # a chord header must not raise; the row stays pending and is retried on resume
         log.exception("evaluation of candidate %s failed", candidate_id)
         return {"candidate_id": candidate_id, "status": "error", "reason": f"{type(e).__name__}: {e}"}
+    if "retry_in" in outcome:  # not done yet: the chord keeps waiting for this header task
+        raise self.retry(countdown=outcome["retry_in"], max_retries=None)
+    return outcome

@@ -57,7 +57,7 @@ def timing_line(t: dict) -> str:
     parts = [f"{shape} {t.get('dtype', '')}".strip() + f": {t['median_ms']:.4g} ms" if t.get("median_ms") is not None
              else shape]
     if t.get("speedup_eager") is not None:
-        parts.append(f"{t['speedup_eager']:.2f}x vs PyTorch eager")
+        parts.append(f"{t['speedup_eager']:.3g}x vs PyTorch eager")
     if t.get("sol_fraction") is not None:
         parts.append(f"{100 * t['sol_fraction']:.0f}% of the speed-of-light bound")
     return ", ".join(parts)

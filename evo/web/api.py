@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.orm import Session
 
 from db.models import Candidate, Job
@@ -21,20 +21,32 @@ if TYPE_CHECKING:
     from celery import Celery
 
 T = TypeVar("T")
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+# Times are stored in UTC; SQLite hands them back without a zone, and RFC 3339 needs one.
+UTCDateTime = Annotated[datetime, AfterValidator(_as_utc)]
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="job id")]
 CandidateId = Annotated[int, Path(ge=1, le=MAX_ID, description="candidate id")]
 Limit = Annotated[int, Query(ge=1, le=200, description="page size")]
 Offset = Annotated[int, Query(ge=0, le=10**9, description="rows to skip")]
-TaskName = Annotated[str | None, Query(pattern=r"^[\w.\-]{1,64}$", description="task name, e.g. softmax")]
-DeviceName = Annotated[str | None, Query(pattern=r"^[^\x00]{1,128}$", description="GPU name or cpu-interpreter")]
+# Empty means "any": a filter form's "all" option sends `task=`.
+TaskName = Annotated[str | None, Query(pattern=r"^[\w.\-]{0,64}$", description="task name, e.g. softmax")]
+DeviceName = Annotated[str | None, Query(pattern=r"^[^\x00]{0,128}$", description="GPU name or cpu-interpreter")]
 
 
 class Error(BaseModel):
     error: str
 
 
-ERRORS = {code: {"model": Error} for code in (401, 403, 404, 409, 422, 503)}
+ERRORS = {code: {"model": Error} for code in (400, 401, 403, 404, 409, 422)}
+# Routes answering text/plain: FastAPI would file their `model` errors under text/plain too.
+TEXT_ERRORS = {code: {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+               for code in (404, 422)}
 
 
 class Page(BaseModel, Generic[T]):
@@ -74,8 +86,8 @@ class JobOut(BaseModel):
     best_speedup_seed: float | None
     best_sol_fraction: float | None
     error: str | None
-    created_at: datetime | None
-    finished_at: datetime | None
+    created_at: UTCDateTime | None
+    finished_at: UTCDateTime | None
 
 
 class GenerationOut(BaseModel):
@@ -153,8 +165,8 @@ class EvaluationOut(BaseModel):
     environment: dict[str, Any]
     phases: dict[str, Any]
     worker: str | None
-    started_at: datetime | None
-    finished_at: datetime | None
+    started_at: UTCDateTime | None
+    finished_at: UTCDateTime | None
 
 
 class MembershipOut(BaseModel):
@@ -175,7 +187,7 @@ class CandidateOut(BaseModel):
     thought: str | None
     content_hash: str
     harness_version: str
-    created_at: datetime
+    created_at: UTCDateTime
     source: str
     evaluations: list[EvaluationOut]
     jobs: list[MembershipOut] = Field(description="the jobs that proposed it, with generation, operator and parents")
@@ -213,7 +225,7 @@ class LeaderboardRowOut(BaseModel):
     llm_model: str | None
     operator: str | None
     generation: int | None
-    date: datetime | None
+    date: UTCDateTime | None
 
 
 router = APIRouter(prefix="/api", responses={422: {"model": Error}})
@@ -283,6 +295,7 @@ def submit(body: JobSubmit, request: Request, session: Session = Depends(get_ses
 def list_jobs(limit: Limit = 50, offset: Offset = 0,
               state: Annotated[str | None, Query(pattern=r"^(queued|running|done|failed|cancelled)$")] = None,
               task: TaskName = None, session: Session = Depends(get_session)):
+    task = task or None
     jobs = leaderboard.list_jobs(session, state=state, task=task, limit=limit, offset=offset)
     return page(jobs, queries.count_jobs(session, state=state, task=task), limit, offset)
 
@@ -301,7 +314,7 @@ def job_candidates(job_id: JobId, limit: Limit = 50, offset: Offset = 0, session
     return page(rows, total, limit, offset)
 
 
-@router.get("/jobs/{job_id}/source", response_class=PlainTextResponse, responses=ERRORS,
+@router.get("/jobs/{job_id}/source", response_class=PlainTextResponse, responses=TEXT_ERRORS,
             summary="The source of a job's best candidate")
 def job_source(job_id: JobId, session: Session = Depends(get_session)):
     job = get_job(session, job_id)
@@ -334,7 +347,7 @@ def cancel_or_conflict(session: Session, job_id: int) -> None:
 def read_leaderboard(task: TaskName = None, gpu: DeviceName = None,
                      per_task: Annotated[int, Query(ge=1, le=100, description="rows per task and GPU")] = 10,
                      session: Session = Depends(get_session)):
-    return leaderboard.best_kernels(session, task=task, device=gpu, per_task=per_task)
+    return leaderboard.best_kernels(session, task=task or None, device=gpu or None, per_task=per_task)
 
 
 def candidate_out(detail: queries.CandidateDetail) -> CandidateOut:
@@ -363,7 +376,7 @@ def source_response(candidate: Candidate) -> PlainTextResponse:
     return PlainTextResponse(candidate.source, headers={"Content-Disposition": f'inline; filename="{filename}"'})
 
 
-@router.get("/candidates/{candidate_id}/source", response_class=PlainTextResponse, responses=ERRORS,
+@router.get("/candidates/{candidate_id}/source", response_class=PlainTextResponse, responses=TEXT_ERRORS,
             summary="A candidate's source as a Python module")
 def candidate_source(candidate_id: CandidateId, session: Session = Depends(get_session)):
     candidate = session.get(Candidate, candidate_id)

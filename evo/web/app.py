@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from jinja2 import Undefined
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
@@ -26,20 +27,25 @@ HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 
 
+def _missing(v) -> bool:
+    # Undefined: a key absent from a stored JSON dict (timings written by an older harness).
+    return v is None or isinstance(v, Undefined)
+
+
 def _speedup(v: float | None) -> str:
-    return "—" if v is None else f"{v:.2f}×"
+    return "—" if _missing(v) else f"{v:.2f}×"
 
 
 def _percent(v: float | None) -> str:
-    return "—" if v is None else f"{v:.0%}"
+    return "—" if _missing(v) else f"{v:.0%}"
 
 
 def _ms(v: float | None) -> str:
-    return "—" if v is None else f"{v:.4g} ms"
+    return "—" if _missing(v) else f"{v:.4g} ms"
 
 
 def _date(v) -> str:
-    return "—" if v is None else v.strftime("%Y-%m-%d %H:%M")
+    return "—" if _missing(v) else v.strftime("%Y-%m-%d %H:%M")
 
 
 templates.env.filters.update(speedup=_speedup, percent=_percent, ms=_ms, date=_date)
@@ -122,6 +128,8 @@ def create_app(session_factory: sessionmaker[Session] | None = None, api_token: 
         message, headers = str(exc.detail), getattr(exc, "headers", None)
         if exc.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):  # from routing
             message = f"{message.lower()}: {request.method} {request.url.path}"
+        if exc.status_code == 400 and message == "There was an error parsing the body":  # FastAPI's words
+            message = "the request body could not be read: send JSON in UTF-8"
         if exc.status_code == 405:
             headers = {**(headers or {}), "Allow": allowed_methods(request)}
         return error_response(request, exc.status_code, message, headers)

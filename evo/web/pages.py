@@ -49,9 +49,12 @@ def sorted_rows(rows: list[LeaderRow], sort: str, order: str | None) -> list[Lea
 def leaderboard_page(request: Request, task: TaskName = None, gpu: DeviceName = None, sort: Sort = "speedup_eager",
                      order: Annotated[Literal["asc", "desc"] | None, Query()] = None,
                      session: Session = Depends(get_session)):
+    task, gpu = task or None, gpu or None
     rows = best_kernels(session, task=task, device=gpu, per_task=PER_TASK)
-    groups = [(name, sorted_rows(list(group), sort, order))
-              for name, group in groupby(rows, key=lambda r: r.task)]
+    # best_kernels orders by task, then device: one section per task, one table per GPU.
+    groups = [(name, [(device, sorted_rows(list(device_rows), sort, order))
+                      for device, device_rows in groupby(task_rows, key=lambda r: r.device)])
+              for name, task_rows in groupby(rows, key=lambda r: r.task)]
     tasks = session.scalars(select(Candidate.task).distinct().order_by(Candidate.task)).all()
     gpus = session.scalars(select(Evaluation.device).distinct().where(Evaluation.status == "correct")
                            .order_by(Evaluation.device)).all()

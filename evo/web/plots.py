@@ -8,7 +8,7 @@ from __future__ import annotations
 from evo.leaderboard import GenerationPoint
 
 WIDTH, HEIGHT = 640, 260
-LEFT, RIGHT, TOP, BOTTOM = 56, 56, 16, 40  # margins leave room for the two y axes' labels
+LEFT, RIGHT, TOP, BOTTOM = 56, 56, 30, 40  # margins leave room for the axes' ticks and titles
 
 
 def _ticks(upper: float, count: int = 4) -> list[float]:
@@ -23,12 +23,12 @@ def generation_plot(points: list[GenerationPoint]) -> str:
                 '<text x="8" y="30">no generation evaluated yet</text></svg>')
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     first, last = points[0].generation, points[-1].generation
-    span = max(last - first, 1)
+    slots = last - first + 1  # one slot per generation, points at slot centres
     speedups = [p.best_speedup_eager for p in points if p.best_speedup_eager is not None]
     y_max = max(speedups + [1.0]) * 1.1
 
     def x(gen: float) -> float:
-        return LEFT + (gen - first) / span * plot_w if last > first else LEFT + plot_w / 2
+        return LEFT + (gen - first + 0.5) / slots * plot_w
 
     def y_speedup(v: float) -> float:
         return TOP + plot_h * (1 - v / y_max)
@@ -38,7 +38,7 @@ def generation_plot(points: list[GenerationPoint]) -> str:
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" width="{WIDTH}" height="{HEIGHT}" '
              f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="best speedup and valid rate per generation">']
-    bar_w = max(min(plot_w / (span + 1) * 0.6, 24), 2)
+    bar_w = max(min(plot_w / slots * 0.6, 24), 1)
     for p in points:
         if p.valid_rate is None:
             continue
@@ -51,9 +51,11 @@ def generation_plot(points: list[GenerationPoint]) -> str:
                      f'<text class="tick" x="{LEFT - 6}" y="{y_speedup(v) + 4:.1f}" text-anchor="end">{v:.2f}×</text>')
     for v in _ticks(1.0):
         parts.append(f'<text class="tick" x="{LEFT + plot_w + 6}" y="{y_rate(v) + 4:.1f}">{v:.0%}</text>')
+    label_every = max(1, slots // 12)  # at most ~12 generation labels
     for p in points:
-        parts.append(f'<text class="tick" x="{x(p.generation):.1f}" y="{TOP + plot_h + 16}" '
-                     f'text-anchor="middle">{p.generation}</text>')
+        if (p.generation - first) % label_every == 0:
+            parts.append(f'<text class="tick" x="{x(p.generation):.1f}" y="{TOP + plot_h + 16}" '
+                         f'text-anchor="middle">{p.generation}</text>')
     line = [(x(p.generation), y_speedup(p.best_speedup_eager)) for p in points if p.best_speedup_eager is not None]
     if line:
         coords = " ".join(f"{px:.1f},{py:.1f}" for px, py in line)
@@ -63,7 +65,7 @@ def generation_plot(points: list[GenerationPoint]) -> str:
                 parts.append(f'<circle class="best-speedup" cx="{x(p.generation):.1f}" cy="{y_speedup(p.best_speedup_eager):.1f}" r="3">'
                              f'<title>generation {p.generation}: best {p.best_speedup_eager:.3f}× vs eager</title></circle>')
     parts.append(f'<text class="axis" x="{LEFT + plot_w / 2}" y="{HEIGHT - 4}" text-anchor="middle">generation</text>'
-                 f'<text class="axis speedup-label" x="4" y="{TOP - 4 + 12}">best speedup vs eager</text>'
-                 f'<text class="axis rate-label" x="{WIDTH - 4}" y="{TOP - 4 + 12}" text-anchor="end">valid rate</text>')
+                 f'<text class="axis speedup-label" x="4" y="12">best speedup vs eager</text>'
+                 f'<text class="axis rate-label" x="{WIDTH - 4}" y="12" text-anchor="end">valid rate</text>')
     parts.append("</svg>")
     return "".join(parts)

@@ -117,7 +117,7 @@ def _merge_kernel(
              (acc / l_safe[:, None]).to(o_ptr.dtype.element_ty), mask=gmask[:, None])
     if SCORES:
         # Block mass = sum over the G query heads of 2^(block lse - head lse).
-        lse_total = m + tl.log2(l_safe)
+        lse_total = tl.where(gmask & (l > 0), m + tl.log2(l_safe), 0.0)  # padded heads add 2^-inf = 0
         scored = tl.where(retrieval, n_blocks, 0)  # sparse heads score 0 everywhere
         for j0 in range(0, max_blocks, SCORE_BLOCK):
             j = j0 + tl.arange(0, SCORE_BLOCK)

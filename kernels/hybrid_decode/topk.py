@@ -28,7 +28,7 @@ def _block_topk_kernel(scores_ptr, n_blocks_ptr, out_ptr, n_cols, k, n_sink, n_l
     key = tl.where(valid, key, -1)
     want = tl.minimum(k, nb)
     # Largest threshold with at least `want` keys at or above it: the want-th largest key.
-    thr = 0
+    thr = tl.zeros([], tl.int32)
     for bit in tl.static_range(30, -1, -1):
         cand = thr | (1 << bit)
         count = tl.sum((key >= cand).to(tl.int32), 0)

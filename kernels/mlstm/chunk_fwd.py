@@ -130,23 +130,22 @@ def _chunk_attend(x_ptr, y_ptr, z_ptr, state_ptr, vec_ptr, rg_ptr, cg_ptr, rs_pt
             s += tl.sum(score, axis=1)
         z = tl.load(z_ptr + cols[:, None] * ND + rn[None, :], mask=valid_c[:, None], other=0.0)
         acc += tl.dot(score.to(z.dtype), z)
-    # the state carried into (or, reversed, out of) this chunk
-    inter = tl.zeros((BR, BN), tl.float32)
-    s_inter = tl.zeros((BR,), tl.float32)
+    # the state carried into (or, reversed, out of) this chunk, rows weighted by exp(rs)
+    state_scale = tl.exp(tl.load(rs_ptr + rows))
     for k0 in range(0, KD, BK):
         rk = k0 + tl.arange(0, BK)
         x = tl.load(x_ptr + rows[:, None] * KD + rk[None, :], mask=valid_r[:, None], other=0.0).to(tl.float32)
-        inter += tl.dot(x, tl.load(state_ptr + rk[:, None] * st_k + rn[None, :] * st_n))
+        x = x * state_scale[:, None]
+        acc += tl.dot(x, tl.load(state_ptr + rk[:, None] * st_k + rn[None, :] * st_n))
         if FWD:
-            s_inter += tl.sum(x * tl.load(vec_ptr + rk)[None, :], axis=1)
+            s += tl.sum(x * tl.load(vec_ptr + rk)[None, :], axis=1)
     if ROW_EXTRA:
-        inter += row_extra[:, None] * tl.load(vec_ptr + rn)[None, :]
+        acc += (state_scale * row_extra)[:, None] * tl.load(vec_ptr + rn)[None, :]
     if COL_EXTRA:
-        inter += tl.load(vec_ptr + rn)[None, :]
-    state_scale = tl.exp(tl.load(rs_ptr + rows))
-    acc = scale * (acc + state_scale[:, None] * inter)
+        acc += state_scale[:, None] * tl.load(vec_ptr + rn)[None, :]
+    acc = scale * acc
     if FWD:
-        s = scale * (s + state_scale * s_inter)
+        s = scale * s
         m = tl.load(m_ptr + bh * TP + rows)
         den = tl.maximum(tl.abs(s), tl.exp(-m)) + eps
         acc = acc / den[:, None]

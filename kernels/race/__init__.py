@@ -1,5 +1,5 @@
-"""RACE attention kernels: fused soft hashing + chunked causal linear-attention scan (Triton).
-`race_causal` is differentiable and registered as torch.ops.evo.race_causal_fwd/_bwd."""
-from kernels.race.ops import race_causal
+"""RACE attention kernels: soft hashing fused into a chunked linear-attention scan (Triton),
+differentiable, registered as torch.ops.evo.race_fwd / race_bwd."""
+from kernels.race.ops import race_attention, race_causal
 
-__all__ = ["race_causal"]
+__all__ = ["race_attention", "race_causal"]

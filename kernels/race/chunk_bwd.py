@@ -1,4 +1,5 @@
-"""Causal RACE attention backward (global normalization), the same segment-parallel scans.
+"""RACE attention backward (global normalization), the same segment-parallel scans. Without
+causal masking the same kernels run with every segment starting from the totals.
 
 With a_tj = phi(q_t).phi(k_j) (j <= t), den_t = sum_j a_tj, o_t = sum_j a_tj v_j / den_t and
 g = dL/do:  dn_t = g_t / den_t,  dd_t = -(g_t . o_t) / den_t,  dA_tj = dn_t . v_j + dd_t.
@@ -16,8 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.race.chunk_fwd import (CHUNK, NUM_STAGES, NUM_WARPS, _soft_hash, check_inputs, exclusive_prefix,
-                                    hash_layout, segment_length)
+from kernels.race.chunk_fwd import (CHUNK, NUM_STAGES, NUM_WARPS, _soft_hash, check_inputs, hash_layout,
+                                    segment_length, starting_sums)
 
 
 @triton.jit
@@ -51,7 +52,8 @@ def _soft_hash_bwd(x, wt, dphi, beta, P: tl.constexpr, L: tl.constexpr, P_PAD: t
 @triton.jit
 def _race_bwd_dq(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, den_ptr, wt_ptr, sums_ptr, counts_ptr, dq_ptr,
                  T, seg_len, n_seg, beta, D: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr,
-                 P: tl.constexpr, L: tl.constexpr, P_PAD: tl.constexpr, L_PAD: tl.constexpr, R: tl.constexpr):
+                 P: tl.constexpr, L: tl.constexpr, P_PAD: tl.constexpr, L_PAD: tl.constexpr, R: tl.constexpr,
+                 CAUSAL: tl.constexpr):
     seg, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     S: tl.constexpr = L_PAD * R
     HW: tl.constexpr = P_PAD * L_PAD
@@ -80,12 +82,14 @@ def _race_bwd_dq(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, den_ptr, wt_ptr, sums_ptr, 
         phk = tl.where(valid[:, None], _soft_hash(k, wt, beta, P, L, P_PAD, L_PAD, R), 0.0).to(v.dtype)
         dn = do / den[:, None]
         dd = -tl.sum(do * o, axis=1) / den
-        dp = tl.where(causal, tl.dot(dn.to(v.dtype), tl.trans(v)) + dd[:, None], 0.0)
-        dphq = tl.dot(dp.to(v.dtype), phk) + tl.dot(dn, tl.trans(sums)) + dd[:, None] * counts[None, :]
+        dphq = tl.dot(dn, tl.trans(sums)) + dd[:, None] * counts[None, :]
+        if CAUSAL:
+            dp = tl.where(causal, tl.dot(dn.to(v.dtype), tl.trans(v)) + dd[:, None], 0.0)
+            dphq += tl.dot(dp.to(v.dtype), phk)
+            sums += tl.dot(tl.trans(phk), v)
+            counts += tl.sum(phk.to(tl.float32), axis=0)
         dq = _soft_hash_bwd(q, wt, dphq, beta, P, L, P_PAD, L_PAD, R)
         tl.store(dq_ptr + rows[:, None] * D + cd[None, :], dq.to(dq_ptr.dtype.element_ty), mask=valid[:, None])
-        sums += tl.dot(tl.trans(phk), v)
-        counts += tl.sum(phk.to(tl.float32), axis=0)
 
 
 @triton.jit
@@ -123,7 +127,8 @@ def _race_bwd_segment_sums(q_ptr, o_ptr, do_ptr, den_ptr, wt_ptr, dsums_ptr, dco
 @triton.jit
 def _race_bwd_dkdv(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, den_ptr, wt_ptr, dsums_ptr, dcounts_ptr, dk_ptr, dv_ptr,
                    T, seg_len, n_seg, beta, D: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr,
-                   P: tl.constexpr, L: tl.constexpr, P_PAD: tl.constexpr, L_PAD: tl.constexpr, R: tl.constexpr):
+                   P: tl.constexpr, L: tl.constexpr, P_PAD: tl.constexpr, L_PAD: tl.constexpr, R: tl.constexpr,
+                 CAUSAL: tl.constexpr):
     seg, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     S: tl.constexpr = L_PAD * R
     HW: tl.constexpr = P_PAD * L_PAD
@@ -156,25 +161,23 @@ def _race_bwd_dkdv(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, den_ptr, wt_ptr, dsums_pt
         phk = _soft_hash(k, wt, beta, P, L, P_PAD, L_PAD, R).to(v.dtype)
         dn = do / den[:, None]  # zero on padded rows, so they add nothing below
         dd = -tl.sum(do * o, axis=1) / den
-        a_t = tl.where(later, tl.dot(phk, tl.trans(phq)), 0.0)
-        dv = tl.dot(a_t.to(v.dtype), dn.to(v.dtype)) + tl.dot(phk.to(tl.float32), dsums)
-        dp_t = tl.where(later, tl.dot(v, tl.trans(dn.to(v.dtype))) + dd[None, :], 0.0)
-        dphk = tl.dot(dp_t.to(v.dtype), phq) + tl.dot(v.to(tl.float32), tl.trans(dsums)) + dcounts[None, :]
+        dv = tl.dot(phk.to(tl.float32), dsums)
+        dphk = tl.dot(v.to(tl.float32), tl.trans(dsums)) + dcounts[None, :]
+        if CAUSAL:
+            a_t = tl.where(later, tl.dot(phk, tl.trans(phq)), 0.0)
+            dv += tl.dot(a_t.to(v.dtype), dn.to(v.dtype))
+            dp_t = tl.where(later, tl.dot(v, tl.trans(dn.to(v.dtype))) + dd[None, :], 0.0)
+            dphk += tl.dot(dp_t.to(v.dtype), phq)
+            phq32 = phq.to(tl.float32)
+            dsums += tl.dot(tl.trans(phq32), dn)
+            dcounts += tl.sum(phq32 * dd[:, None], axis=0)
         dk = _soft_hash_bwd(k, wt, dphk, beta, P, L, P_PAD, L_PAD, R)
         tl.store(dk_ptr + rows[:, None] * D + cd[None, :], dk.to(dk_ptr.dtype.element_ty), mask=valid[:, None])
         tl.store(dv_ptr + rows[:, None] * DV + cv[None, :], dv.to(dv_ptr.dtype.element_ty), mask=valid[:, None])
-        phq32 = phq.to(tl.float32)
-        dsums += tl.dot(tl.trans(phq32), dn)
-        dcounts += tl.sum(phq32 * dd[:, None], axis=0)
 
 
-def exclusive_suffix(x: torch.Tensor) -> torch.Tensor:
-    """Sum over the segments after each one (dim 1)."""
-    return exclusive_prefix(x.flip(1)).flip(1)
-
-
-def race_causal_bwd(do, q, k, v, w, o, den, sums, counts, beta=None, chunk=None, seg_chunks=0):
-    """(dq, dk, dv) from the forward's o, den and saved segment prefixes."""
+def race_bwd(do, q, k, v, w, o, den, sums, counts, beta=None, chunk=None, seg_chunks=0, causal=True):
+    """(dq, dk, dv) from the forward's o, den and saved per-segment starting sums."""
     check_inputs(q, k, v, w)
     chunk = chunk or CHUNK
     q, k, v, o, do = (x.contiguous() for x in (q, k, v, o, do))
@@ -188,11 +191,13 @@ def race_causal_bwd(do, q, k, v, w, o, den, sums, counts, beta=None, chunk=None,
         raise ValueError(f"saved state has {sums.shape[1]} segments, expected {n_seg}: same chunk/seg_chunks please")
     launch = dict(D=d, DV=dv_dim, CHUNK=chunk, num_warps=NUM_WARPS, num_stages=NUM_STAGES, **consts)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    _race_bwd_dq[(n_seg, b * h)](q, k, v, o, do, den, wt, sums, counts, dq, t, seg_len, n_seg, beta, **launch)
+    _race_bwd_dq[(n_seg, b * h)](q, k, v, o, do, den, wt, sums, counts, dq, t, seg_len, n_seg, beta, CAUSAL=causal,
+                                  **launch)
     dsums, dcounts = torch.zeros_like(sums), torch.zeros_like(counts)
-    if n_seg > 1:
+    if n_seg > 1 or not causal:
         _race_bwd_segment_sums[(n_seg, b * h)](q, o, do, den, wt, dsums, dcounts, t, seg_len, n_seg, beta, **launch)
-        dsums, dcounts = exclusive_suffix(dsums), exclusive_suffix(dcounts)
+        # the reverse scan starts each segment from the sum over the segments after it
+        dsums, dcounts = (starting_sums(x.flip(1), causal).flip(1).contiguous() for x in (dsums, dcounts))
     _race_bwd_dkdv[(n_seg, b * h)](q, k, v, o, do, den, wt, dsums, dcounts, dk, dv, t, seg_len, n_seg, beta,
-                                    **launch)
+                                    CAUSAL=causal, **launch)
     return dq, dk, dv

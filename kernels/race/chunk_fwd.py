@@ -1,6 +1,7 @@
 """Causal RACE attention forward (global normalization): the soft-hash projection fused into a
 chunked causal linear-attention scan. Seed of the `race_causal` task; the library op
-(kernels/race/ops.py) uses `race_causal_fwd`, which also returns what the backward needs.
+(kernels/race/ops.py) uses `race_fwd`, which also returns what the backward needs, and, with
+causal=False, computes non-causal RACE with the same kernels (every segment starts from the totals).
 
 One program per (segment of the sequence, batch*head): a single running state per head would
 use only B*H of the GPU's programs, so the sequence is cut into segments.
@@ -18,7 +19,7 @@ import triton
 import triton.language as tl
 
 CHUNK = 64  # tunable: 32, 64, 128
-NUM_WARPS = 4  # tunable: 2, 4, 8
+NUM_WARPS = 8  # tunable: 4, 8
 NUM_STAGES = 2  # tunable: 1, 2, 3
 TARGET_PROGRAMS = 1024  # tunable: 264, 528, 1024, 2048
 
@@ -70,7 +71,7 @@ def _race_segment_sums(k_ptr, v_ptr, wt_ptr, sums_ptr, counts_ptr, T, seg_len, n
 @triton.jit
 def _race_fwd_chunks(q_ptr, k_ptr, v_ptr, wt_ptr, sums_ptr, counts_ptr, o_ptr, den_ptr, T, seg_len, n_seg, beta,
                      D: tl.constexpr, DV: tl.constexpr, CHUNK: tl.constexpr, P: tl.constexpr, L: tl.constexpr,
-                     P_PAD: tl.constexpr, L_PAD: tl.constexpr, R: tl.constexpr):
+                     P_PAD: tl.constexpr, L_PAD: tl.constexpr, R: tl.constexpr, CAUSAL: tl.constexpr):
     seg, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     S: tl.constexpr = L_PAD * R
     HW: tl.constexpr = P_PAD * L_PAD
@@ -94,15 +95,18 @@ def _race_fwd_chunks(q_ptr, k_ptr, v_ptr, wt_ptr, sums_ptr, counts_ptr, o_ptr, d
         # phi rounded once to the input dtype, and that value used in numerator and denominator alike
         phq = _soft_hash(q, wt, beta, P, L, P_PAD, L_PAD, R).to(v.dtype)
         phk = tl.where(valid[:, None], _soft_hash(k, wt, beta, P, L, P_PAD, L_PAD, R), 0.0).to(v.dtype)
-        a = tl.where(causal, tl.dot(phq, tl.trans(phk)), 0.0)
         phq32 = phq.to(tl.float32)
-        num = tl.dot(a.to(v.dtype), v) + tl.dot(phq32, sums)
-        den = tl.sum(a, axis=1) + tl.sum(phq32 * counts[None, :], axis=1)
+        num = tl.dot(phq32, sums)
+        den = tl.sum(phq32 * counts[None, :], axis=1)
+        if CAUSAL:  # the chunk's own keys; without CAUSAL, sums/counts already hold every key
+            a = tl.where(causal, tl.dot(phq, tl.trans(phk)), 0.0)
+            num += tl.dot(a.to(v.dtype), v)
+            den += tl.sum(a, axis=1)
+            sums += tl.dot(tl.trans(phk), v)
+            counts += tl.sum(phk.to(tl.float32), axis=0)
         tl.store(o_ptr + rows[:, None] * DV + cv[None, :], (num / den[:, None]).to(o_ptr.dtype.element_ty),
                  mask=valid[:, None])
         tl.store(den_ptr + rows, den, mask=valid)
-        sums += tl.dot(tl.trans(phk), v)
-        counts += tl.sum(phk.to(tl.float32), axis=0)
 
 
 def hash_layout(w: torch.Tensor):
@@ -136,15 +140,19 @@ def segment_length(t: int, bh: int, chunk: int, seg_chunks: int = 0) -> int:
     return seg_chunks * chunk
 
 
-def exclusive_prefix(x: torch.Tensor) -> torch.Tensor:
-    """Sum over the segments before each one (dim 1)."""
+def starting_sums(x: torch.Tensor, causal: bool = True) -> torch.Tensor:
+    """Per-segment sums (dim 1) -> what each segment starts from: the sum over the segments before
+    it when causal, over all of them when not."""
+    if not causal:
+        return x.sum(1, keepdim=True).expand_as(x).contiguous()
     out = torch.zeros_like(x)
     out[:, 1:] = x[:, :-1].cumsum(1)
     return out
 
 
-def race_causal_fwd(q, k, v, w, beta=None, chunk=None, seg_chunks=0):
-    """Returns (o, den, prefix sums, prefix counts): the backward rescans from the saved prefixes."""
+def race_fwd(q, k, v, w, beta=None, chunk=None, seg_chunks=0, causal=True):
+    """Returns (o, den, sums, counts): the backward rescans from the saved per-segment starting sums
+    (prefixes when causal, totals when not)."""
     check_inputs(q, k, v, w)
     chunk = chunk or CHUNK
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
@@ -158,14 +166,15 @@ def race_causal_fwd(q, k, v, w, beta=None, chunk=None, seg_chunks=0):
     sums = torch.zeros(b * h, n_seg, s, dv, device=q.device, dtype=torch.float32)
     counts = torch.zeros(b * h, n_seg, s, device=q.device, dtype=torch.float32)
     launch = dict(D=d, DV=dv, CHUNK=chunk, num_warps=NUM_WARPS, num_stages=NUM_STAGES, **consts)
-    if n_seg > 1:
+    if n_seg > 1 or not causal:
         _race_segment_sums[(n_seg, b * h)](k, v, wt, sums, counts, t, seg_len, n_seg, beta, **launch)
-        sums, counts = exclusive_prefix(sums), exclusive_prefix(counts)
+        sums, counts = starting_sums(sums, causal), starting_sums(counts, causal)
     o = torch.empty_like(v)
     den = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
-    _race_fwd_chunks[(n_seg, b * h)](q, k, v, wt, sums, counts, o, den, t, seg_len, n_seg, beta, **launch)
+    _race_fwd_chunks[(n_seg, b * h)](q, k, v, wt, sums, counts, o, den, t, seg_len, n_seg, beta, CAUSAL=causal,
+                                     **launch)
     return o, den, sums, counts
 
 
 def entry(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return race_causal_fwd(q, k, v, w)[0]
+    return race_fwd(q, k, v, w)[0]

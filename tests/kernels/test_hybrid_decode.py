@@ -95,8 +95,9 @@ def test_layer_carries_index_sets(correction):
     from kernels.nn.hybrid_decode import HybridHeadSparseDecode
     torch.manual_seed(0)
     shape = _shape(L=90, K=32, Hkv=3, Hq=6)
-    layers = [make_hybrid_inputs(shape, torch.float32, seed=10 + i, device=DEVICE) for i in range(3)]
-    block_table, seq_lens = layers[0][3], layers[0][4]
+    q0, k0, v0, block_table, seq_lens, *_ = make_hybrid_inputs(shape, torch.float32, seed=10, device=DEVICE)
+    # Later layers: fresh queries and caches over the same pages (one block table per model).
+    layers = [(q0, k0, v0)] + [(3 * torch.randn_like(q0), torch.randn_like(k0), torch.randn_like(v0)) for _ in range(2)]
     roles = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 1, 0]], dtype=torch.bool, device=DEVICE)
     mod = HybridHeadSparseDecode(roles, budget=32, page_size=16, n_sink=1, n_local=1,
                                  correction_every=4 if correction else None)

@@ -155,3 +155,11 @@ def isolated_factory(request, tmp_path_factory):
     with fresh_engine(request.param, tmp_path_factory.mktemp("isolated"), "evo_web_isolated") as engine:
         populate(engine)
         yield sessionmaker(engine, expire_on_commit=False)
+
+
+@pytest.fixture(scope="module")
+def sqlite_factory(tmp_path_factory):
+    """Its own populated SQLite database (the browser test needs one database, not both)."""
+    with fresh_engine("sqlite", tmp_path_factory.mktemp("sqlite"), "") as engine:
+        populate(engine)
+        yield sessionmaker(engine, expire_on_commit=False)

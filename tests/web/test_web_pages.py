@@ -10,9 +10,10 @@ from evo.leaderboard import GenerationPoint
 from evo.web.plots import generation_plot
 
 
-def rows_of(html: str, task: str) -> list[str]:
-    """The <tr> bodies of one task's leaderboard table."""
-    table = re.search(rf'<table class="leaderboard" data-task="{task}">(.*?)</table>', html, re.S).group(1)
+def rows_of(html: str, task: str, device: str = "NVIDIA H200") -> list[str]:
+    """The <tr> bodies of one task's leaderboard table for one device."""
+    table = re.search(rf'<table class="leaderboard" data-task="{task}" data-device="{device}">(.*?)</table>',
+                      html, re.S).group(1)
     return re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1], re.S)
 
 
@@ -36,7 +37,8 @@ def test_leaderboard_filters_and_sorts(client, data):
     only_rms = client.get("/", params={"task": "rmsnorm"}).text
     assert 'data-task="softmax"' not in only_rms and 'data-task="rmsnorm"' in only_rms
     cpu = client.get("/", params={"gpu": "cpu-interpreter"}).text
-    assert candidate_order(rows_of(cpu, "rmsnorm")) == [data["cpu"]] and 'data-task="softmax"' not in cpu
+    assert candidate_order(rows_of(cpu, "rmsnorm", "cpu-interpreter")) == [data["cpu"]]
+    assert 'data-task="softmax"' not in cpu and 'data-device="NVIDIA H200"' not in cpu
     ascending = client.get("/", params={"task": "softmax", "sort": "speedup_eager", "order": "asc"}).text
     assert candidate_order(rows_of(ascending, "softmax")) == [data["seed"], data["fast"], data["fastest"]]
     by_date = client.get("/", params={"task": "softmax", "sort": "date", "order": "asc"}).text

@@ -1,6 +1,6 @@
 """The evaluation process's main loop (started by workers/sandbox.py, never imported by it).
 
-    python -m workers.harness.child --requests FD --results FD --device cpu|cuda
+    python -m workers.harness.child --requests FD --results FD --device cpu|cuda --parent PID
 
 Reads one request at a time from its private pipe, reports each phase as it starts (the
 supervisor enforces the per-phase deadlines), and answers with the EvalResult. stdout and
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import os
 import resource
+import signal
 import sys
 
 GPU_MEMORY_FRACTION = 0.9  # of the GPU's memory; the harness's own buffers live inside it too
@@ -26,12 +28,26 @@ def _cap_cpu_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process when the supervisor dies (even by SIGKILL): an orphaned evaluation
+    would otherwise keep spinning on a candidate's endless loop. Linux only."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, required=True)
     parser.add_argument("--results", type=int, required=True)
     parser.add_argument("--device", choices=("cpu", "cuda"), required=True)
+    parser.add_argument("--parent", type=int, required=True)
     args = parser.parse_args(argv)
+    _die_with_parent(args.parent)
     faulthandler.enable()  # a segfault leaves a Python traceback in the log for the error text
 
     import torch

@@ -5,14 +5,19 @@ dynamic trick (one the AST scan cannot see) still cannot hide.
 - patching: the identity of every callable in the modules the harness relies on (time,
   torch, torch.Tensor, torch.cuda, its Event, F, triton, builtins) is recorded before any
   candidate is imported and compared after each call;
-- threads: Python threads and the process's native threads are counted before and after;
+- threads: every Python thread start is counted (also one joined before the call returns),
+  and the process's native threads are counted before and after;
+- processes and network: an audit hook (sys.addaudithook) records socket use, os.system,
+  fork and kill while candidate code runs;
 - streams: the current CUDA stream must be the same before and after.
 """
 from __future__ import annotations
 
+import _thread
 import builtins
 import importlib
 import os
+import sys
 import threading
 import time
 from contextlib import contextmanager, nullcontext
@@ -70,16 +75,52 @@ def _watched_namespaces() -> dict[str, object]:
     return spaces
 
 
+# Audit events a kernel launcher has no business raising. (Not "open" or "subprocess.Popen":
+# Triton's own compiler reads its cache and runs ptxas during a candidate's first call.)
+_AUDITED = ("socket.", "os.system", "os.fork", "os.forkpty", "os.kill", "os.killpg", "os.posix_spawn",
+            "os.exec", "os.spawn", "pty.spawn", "urllib.Request")
+
+
 class Guard:
     """Built once per evaluation process, before any candidate is imported."""
 
     def __init__(self, device: torch.device):
         self.device = device
-        # Keep the objects themselves (not ids): identity must not be fooled by id reuse.
+        self._active = False
+        self._events: list[str] = []
+        self.threads_started = 0
+        self._count_thread_starts()
+        sys.addaudithook(self._audit)
+        self.refresh()
+        self._forbidden_objects: list[object] = []
+
+    def refresh(self) -> None:
+        """Record the callables as they are now. Called at start-up and after the harness's own
+        baseline code ran (torch.compile replaces torch.manual_seed on first use), never while
+        unchecked candidate code could have run. Keeps the objects themselves, not ids, so
+        identity cannot be fooled by id reuse."""
         self._snapshot = {(label, name): value
                           for label, space in _watched_namespaces().items()
                           for name, value in vars(space).items() if callable(value)}
-        self._forbidden_objects: list[object] = []
+
+    def _count_thread_starts(self) -> None:
+        """Wrap the primitives every Python thread start goes through (names differ by version)."""
+        for module in (threading, _thread):
+            for name in ("_start_new_thread", "start_new_thread", "_start_joinable_thread", "start_joinable_thread"):
+                original = getattr(module, name, None)
+                if original is None:
+                    continue
+
+                def counting(*args, _original=original, **kwargs):
+                    if self._active:
+                        self.threads_started += 1
+                    return _original(*args, **kwargs)
+
+                setattr(module, name, counting)
+
+    def _audit(self, event: str, args) -> None:
+        if self._active and event.startswith(_AUDITED):
+            self._events.append(event)
 
     def forbidden_mode(self, forbidden: tuple[str, ...]) -> ForbiddenOpsMode:
         table = {}
@@ -112,19 +153,26 @@ class Guard:
         not watched, the rest is."""
         py_before, native_before = self._threads()
         stream_before = self._stream()
+        started_before = self.threads_started
+        self._events.clear()
+        self._active = True
         try:
             with mode if mode is not None else nullcontext():
                 yield
         finally:
+            self._active = False
             problems = []
+            if self._events:
+                problems.append(f"used {', '.join(sorted(set(self._events)))}: no processes, signals or network")
             if mode is not None and mode.hits:
                 problems.append(f"called {', '.join(sorted(set(mode.hits)))}, which this task forbids")
             patched = self.patched()
             if patched:
                 problems.append(f"patched {', '.join(patched[:5])} (timers, synchronize and library functions must stay untouched)")
             py_after, native_after = self._threads()
-            if py_after - py_before:
-                problems.append(f"started {len(py_after - py_before)} Python thread(s); a candidate must not start threads")
+            if py_after - py_before or self.threads_started > started_before:
+                n = max(len(py_after - py_before), self.threads_started - started_before)
+                problems.append(f"started {n} Python thread(s); a candidate must not start threads")
             elif check_native_threads and native_after > native_before:
                 problems.append(f"started {native_after - native_before} native thread(s); a candidate must not start threads")
             if self._stream() != stream_before:

@@ -1,0 +1,286 @@
+"""GPU benchmark of the sparse-attention family (docs/benchmarks/sparse.md), one run:
+
+  python3 -m kernels.sparse_benchmark [--out DIR] [--quick]
+
+1. checks every kernel against its reference in bf16 on the GPU;
+2. measures the copy bandwidth (the bound for decode);
+3. hybrid-head decode, 32 q / 8 kv heads, d 128, bf16, pages of 64, 1 of 8 KV heads
+   retrieval: dense SDPA decode (enable_gqa), our dense split-KV Triton decode, ours hybrid
+   (decode alone and decode + block top-k), for batch 1 and 8, contexts 8K..512K,
+   budgets k = 1024..4096; first a small sweep of the decode kernel's tunables;
+4. chunk-sparse prefill (chunk 64, top-8, window 512, d 128, 32 q / 8 kv heads) against
+   SDPA causal flash attention, 8K..256K.
+Times: CUDA events around each call, L2 flushed (256 MB written) before each, median.
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from baselines import chunk_sparse as cs_ref
+from baselines import hybrid_decode as hd_ref
+from kernels.chunk_sparse import attn as cs_attn
+from kernels.chunk_sparse import landmark as cs_landmark
+from kernels.chunk_sparse import window as cs_window
+from kernels.hybrid_decode import decode as hd_decode
+from kernels.hybrid_decode import topk as hd_topk
+
+DEV = "cuda"
+FLUSH = None
+
+
+def timeit(fn, reps=30, warmup=3):
+    """Median ms of `reps` calls, each after an L2 flush, timed with CUDA events."""
+    global FLUSH
+    if FLUSH is None:
+        FLUSH = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device=DEV)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        FLUSH.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def rel_err(out, ref):
+    out, ref = out.double(), ref.double()
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def log(*args):
+    print(*args, flush=True)
+
+
+# ------------------------------------------------------------------------------ checks
+def checks():
+    rows = []
+    bf16 = torch.bfloat16
+    shape = {"B": 3, "Hq": 32, "Hkv": 8, "D": 128, "L": 5000, "P": 64, "K": 1024, "R": 1, "ragged": 1}
+    for R in (0, 1, 8):
+        inp = hd_ref.make_hybrid_inputs(dict(shape, R=R), bf16, 0, DEV)
+        o, sc = hd_decode.hybrid_decode(*inp)
+        ro, rsc = hd_ref.hybrid_attention(*inp)
+        rows.append((f"hybrid_decode R={R}", rel_err(o, ro), rel_err(sc, rsc) if R else 0.0))
+    o = hd_decode.dense_decode(*inp[:5])
+    rows.append(("dense_decode", rel_err(o, hd_ref.dense_decode(*inp[:5])), 0.0))
+    tk = hd_ref.make_topk_inputs({"B": 8, "Hkv": 8, "NB": 2048, "K": 64, "ragged": 1}, torch.float32, 1, DEV)
+    rows.append(("block_topk (mismatching rows)", float((hd_topk.block_topk(*tk) != hd_ref.block_topk(*tk)).any(-1).sum()), 0.0))
+    for Tq in (3000, 1):
+        s = {"B": 1, "Hq": 32, "Hkv": 8, "T": 3000, "Tq": Tq, "D": 128, "S": 64, "N": 8, "W": 512}
+        q, lmk, T, S, N = cs_ref.make_topn_inputs(s, bf16, 2, DEV)
+        got, ref = cs_landmark.landmark_topn(q, lmk, T, S, N), cs_ref.landmark_topn(q, lmk, T, S, N)
+        rows.append((f"landmark_topn Tq={Tq} (differing chunk choices / all)",
+                     float((got != ref).sum()), float(ref.numel())))
+        inp = cs_ref.make_chunk_attn_inputs(s, bf16, 3, DEV)
+        rows.append((f"chunk_sparse_attn Tq={Tq}", rel_err(cs_attn.chunk_sparse_attn(*inp), cs_ref.chunk_sparse_attn(*inp)), 0.0))
+        inp = cs_ref.make_window_inputs(s, bf16, 4, DEV)
+        rows.append((f"sliding_window_attn Tq={Tq}", rel_err(cs_window.sliding_window_attn(*inp), cs_ref.sliding_window_attn(*inp)), 0.0))
+    return rows
+
+
+# ------------------------------------------------------------------------------ decode
+def copy_bandwidth():
+    x = torch.empty(2 * 1024 ** 3, dtype=torch.int8, device=DEV)
+    y = torch.empty_like(x)
+    ms = timeit(lambda: y.copy_(x), reps=20)
+    del x, y
+    return 2 * 2 * 1024 ** 3 / ms / 1e9  # TB/s, read + write
+
+
+def paged_cache(B, L, Hkv=8, D=128, P=64):
+    NB = L // P
+    k = torch.randn(B * NB, Hkv, P, D, device=DEV, dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    table = torch.randperm(B * NB, device=DEV).view(B, NB).int()
+    lens = torch.full((B,), L, dtype=torch.int32, device=DEV)
+    return k, v, table, lens
+
+
+def hybrid_indices(B, L, k_tokens, Hkv=8, P=64):
+    scores = torch.rand(B, Hkv, L // P, device=DEV)
+    return hd_topk.block_topk(scores, torch.full((B,), L // P, dtype=torch.int32, device=DEV), k_tokens // P, 1, 2)
+
+
+def sweep_decode(bw):
+    B, L, K = 8, 131072, 4096
+    k, v, table, lens = paged_cache(B, L)
+    q = torch.randn(B, 32, 128, device=DEV, dtype=torch.bfloat16)
+    roles = torch.zeros(8, dtype=torch.int32, device=DEV)
+    roles[0] = 1
+    idx = hybrid_indices(B, L, K)
+    best, rows = None, []
+    for bps in (8, 16, 32):
+        for warps in (4, 8):
+            for stages in (2, 3):
+                hd_decode.BLOCKS_PER_SPLIT, hd_decode.NUM_WARPS, hd_decode.NUM_STAGES = bps, warps, stages
+                try:
+                    ms = timeit(lambda: hd_decode.hybrid_decode(q, k, v, table, lens, roles, idx), reps=20)
+                except Exception as e:  # a config that does not compile (shared memory) is skipped
+                    log(f"sweep bps={bps} warps={warps} stages={stages}: {type(e).__name__}: {str(e)[:200]}")
+                    continue
+                rows.append((bps, warps, stages, ms))
+                if best is None or ms < best[3]:
+                    best = (bps, warps, stages, ms)
+    hd_decode.BLOCKS_PER_SPLIT, hd_decode.NUM_WARPS, hd_decode.NUM_STAGES = best[:3]
+    # Dense decode: the same sweep over its split size alone.
+    dense_best = None
+    for bps in (8, 16, 32, 64):
+        hd_decode.BLOCKS_PER_SPLIT = bps
+        ms = timeit(lambda: hd_decode.dense_decode(q, k, v, table, lens), reps=20)
+        rows.append(("dense", bps, best[1], best[2], ms))
+        if dense_best is None or ms < dense_best[1]:
+            dense_best = (bps, ms)
+    hd_decode.BLOCKS_PER_SPLIT = best[0]
+    del k, v
+    return best, dense_best, rows
+
+
+def bench_decode(bw, best, dense_best, contexts, batches, budgets):
+    rows = []
+    Hq, Hkv, D, P = 32, 8, 128, 64
+    for B in batches:
+        for L in contexts:
+            kv_bytes = 2 * B * Hkv * L * D * 2
+            if 2 * kv_bytes > 100e9:
+                continue
+            k, v, table, lens = paged_cache(B, L)
+            q = torch.randn(B, Hq, D, device=DEV, dtype=torch.bfloat16)
+            kd = torch.randn(B, Hkv, L, D, device=DEV, dtype=torch.bfloat16)
+            vd = torch.randn_like(kd)
+            t_sdpa = timeit(lambda: F.scaled_dot_product_attention(q[:, :, None], kd, vd, enable_gqa=True))
+            del kd, vd
+            hd_decode.BLOCKS_PER_SPLIT = dense_best[0]
+            t_dense = timeit(lambda: hd_decode.dense_decode(q, k, v, table, lens))
+            hd_decode.BLOCKS_PER_SPLIT = best[0]
+            roles = torch.zeros(Hkv, dtype=torch.int32, device=DEV)
+            roles[0] = 1
+            n_blocks = torch.full((B,), L // P, dtype=torch.int32, device=DEV)
+            for K in budgets:
+                if K >= L:
+                    continue
+                idx = hybrid_indices(B, L, K)
+
+                def step():
+                    o, scores = hd_decode.hybrid_decode(q, k, v, table, lens, roles, idx)
+                    fresh = hd_topk.block_topk(scores, n_blocks, K // P, 1, 2)
+                    return o, torch.where(roles.bool()[None, :, None], fresh, idx)
+
+                t_hyb = timeit(lambda: hd_decode.hybrid_decode(q, k, v, table, lens, roles, idx))
+                t_step = timeit(step)
+                f_r = 1 / Hkv
+                ratio = f_r + (1 - f_r) * K / L
+                need = 2 * B * (L + (Hkv - 1) * K) * D * 2  # KV bytes actually needed
+                t_bound = need / bw / 1e9
+                rows.append(dict(B=B, L=L, K=K, sdpa=t_sdpa, dense=t_dense, hybrid=t_hyb, step=t_step,
+                                 ideal_ratio=ratio, speedup=t_sdpa / t_hyb, speedup_step=t_sdpa / t_step,
+                                 ideal_speedup=1 / ratio, bound_ms=t_bound, pct_bound=100 * t_bound / t_hyb,
+                                 pct_bound_step=100 * t_bound / t_step,
+                                 sdpa_tbs=kv_bytes / t_sdpa / 1e9, dense_tbs=kv_bytes / t_dense / 1e9))
+                log(json.dumps(rows[-1]))
+            del k, v
+            torch.cuda.empty_cache()
+    return rows
+
+
+# ------------------------------------------------------------------------------ prefill
+def bench_prefill(lengths):
+    rows = []
+    B, Hq, Hkv, D, S, N, W = 1, 32, 8, 128, 64, 8, 512
+    for T in lengths:
+        q = torch.randn(B, Hq, T, D, device=DEV, dtype=torch.bfloat16)
+        k = torch.randn(B, Hkv, T, D, device=DEV, dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        lmk = (k.view(B, Hkv, T // S, S, D).float().mean(3) * math.sqrt(S)).to(torch.bfloat16)
+        reps = 10 if T <= 32768 else 3
+        ke, ve = k.repeat_interleave(Hq // Hkv, 1), v.repeat_interleave(Hq // Hkv, 1)
+        t_sdpa = timeit(lambda: F.scaled_dot_product_attention(q, ke, ve, is_causal=True), reps=reps, warmup=1)
+        del ke, ve
+        idx = cs_landmark.landmark_topn(q, lmk, T, S, N)
+        t_topn = timeit(lambda: cs_landmark.landmark_topn(q, lmk, T, S, N), reps=10)
+        t_attn = timeit(lambda: cs_attn.chunk_sparse_attn(q, k, v, lmk, idx, S), reps=10)
+        t_win = timeit(lambda: cs_window.sliding_window_attn(q, k, v, W), reps=10)
+
+        def total():
+            i = cs_landmark.landmark_topn(q, lmk, T, S, N)
+            return cs_window.sliding_window_attn(q, k, v, W) + cs_attn.chunk_sparse_attn(q, k, v, lmk, i, S)
+
+        t_total = timeit(total, reps=10)
+        fl_attn = 4.0 * B * Hq * T * N * S * D
+        fl_win = 4.0 * B * Hq * T * min(W, T) * D
+        fl_topn = 2.0 * B * Hq * T * D * (T // S) / 2
+        rows.append(dict(T=T, sdpa=t_sdpa, topn=t_topn, attn=t_attn, window=t_win, total=t_total,
+                         speedup=t_sdpa / t_total,
+                         attn_tflops=fl_attn / t_attn / 1e9, win_tflops=fl_win / t_win / 1e9,
+                         topn_tflops=fl_topn / t_topn / 1e9,
+                         sdpa_tflops=4.0 * B * Hq * T * T * D / 2 / t_sdpa / 1e9,
+                         total_tflops=(fl_attn + fl_win + fl_topn) / t_total / 1e9))
+        log(json.dumps(rows[-1]))
+        del q, k, v, lmk, idx
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--quick", action="store_true", help="fewer sizes (a smoke run)")
+    args = ap.parse_args()
+    t0 = time.time()
+    driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                            capture_output=True, text=True).stdout.strip()
+    env = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, driver=driver)
+    log(json.dumps(env))
+    result = dict(env=env)
+    try:
+        result["checks"] = checks()
+    except Exception as e:
+        result["checks_error"] = repr(e)
+    log("checks", json.dumps(result.get("checks", result.get("checks_error"))), f"{time.time() - t0:.0f}s")
+    bw = copy_bandwidth()
+    result["copy_tbs"] = bw
+    log(f"copy bandwidth {bw:.2f} TB/s")
+    best, dense_best, sweep = sweep_decode(bw)
+    result["sweep"], result["best"], result["dense_best"] = sweep, best, dense_best
+    log("sweep best", best, "dense", dense_best, f"{time.time() - t0:.0f}s")
+    ctx = (8192, 131072) if args.quick else (8192, 32768, 131072, 524288)
+    result["decode"] = bench_decode(bw, best, dense_best, ctx, (1, 8), (1024, 2048, 4096))
+    log(f"decode done {time.time() - t0:.0f}s")
+    lengths = (8192, 131072) if args.quick else (8192, 16384, 32768, 65536, 131072, 262144)
+    result["prefill"] = bench_prefill(lengths)
+    log(f"prefill done {time.time() - t0:.0f}s")
+    with open(os.path.join(args.out, "sparse_bench.json"), "w") as f:
+        json.dump(result, f, indent=1)
+
+    log("\n## checks (bf16, relative L2 error)")
+    for name, a, b in result.get("checks", []):
+        log(f"| {name} | {a:.2e} | {b:.2e} |")
+    log(f"\ncopy {bw:.2f} TB/s; decode config (BPS, warps, stages, ms) {best}; dense BPS {dense_best}")
+    log("\n| B | L | k | SDPA ms | dense Triton ms | hybrid ms | hybrid+topk ms | speedup (ideal) | % of bound | SDPA TB/s |")
+    for r in result["decode"]:
+        log(f"| {r['B']} | {r['L'] // 1024}K | {r['K']} | {r['sdpa']:.3f} | {r['dense']:.3f} | {r['hybrid']:.3f} | "
+            f"{r['step']:.3f} | {r['speedup']:.2f}x / {r['speedup_step']:.2f}x ({r['ideal_speedup']:.2f}x) | "
+            f"{r['pct_bound']:.0f}% / {r['pct_bound_step']:.0f}% | {r['sdpa_tbs']:.2f} |")
+    log("\n| T | SDPA ms | topN ms | chunk attn ms | window ms | total ms | speedup | TFLOP/s attn/win/topN/SDPA |")
+    for r in result["prefill"]:
+        log(f"| {r['T'] // 1024}K | {r['sdpa']:.2f} | {r['topn']:.2f} | {r['attn']:.2f} | {r['window']:.2f} | "
+            f"{r['total']:.2f} | {r['speedup']:.1f}x | {r['attn_tflops']:.0f}/{r['win_tflops']:.0f}/"
+            f"{r['topn_tflops']:.0f}/{r['sdpa_tflops']:.0f} |")
+    log(f"total {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
