@@ -158,4 +158,5 @@ class LLMCall(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-Index("ix_evaluations_status_device", Evaluation.status, Evaluation.device)
+# runtime_ms and candidate_id too: the leaderboard reads the fastest correct verdicts per device from the index alone.
+Index("ix_evaluations_status_device", Evaluation.status, Evaluation.device, Evaluation.runtime_ms, Evaluation.candidate_id)

@@ -224,18 +224,20 @@ def advance(job_id: int, generation: int) -> str:
         llm = client_for_job(info, model=llm_model, base_url=llm_endpoint)
     # Outside any transaction: LLM calls take seconds to minutes.
     proposals = strategy.propose(info, members, rng, llm)
+    cost = budget_cost(strategy.uses_llm, proposals)
     with session_scope() as s:
         job = s.get(Job, job_id)
-        if not proposals:
-            finish(s, job, JobState.done if valid else JobState.failed, None if valid else _no_valid(members))
-            return "done: nothing more to try"
         moved = s.execute(update(Job).where(Job.id == job_id, Job.generation == generation,
                                             Job.state == JobState.running.value)
-                          .values(generation=generation + 1,
-                                  calls_used=Job.calls_used + budget_cost(strategy.uses_llm, proposals))).rowcount
+                          .values(generation=generation + 1, calls_used=Job.calls_used + cost)).rowcount
         if moved != 1:
             return "stale"
-        add_members(s, job, generation + 1, proposals)
+        # Nothing new and nothing spent (no proposals, or only sources the job already tried):
+        # another round would propose the same again.
+        if add_members(s, job, generation + 1, proposals) == 0 and cost == 0:
+            s.rollback()  # undo the generation step; the end is written in a fresh transaction
+            finish(s, job, JobState.done if valid else JobState.failed, None if valid else _no_valid(members))
+            return "done: nothing more to try"
     return dispatch(job_id)
 
 

@@ -18,8 +18,10 @@ import random
 import re
 import statistics
 import time
+import traceback
 from pathlib import Path
 
+from workers.protocol import EvalResult
 from workers.sandbox import Evaluator, Timeouts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,7 +84,12 @@ class Run:
     def evaluate(self, kind: str, name: str, task: str, source: str, language: str = "triton", time_it: bool = True,
                  **extra) -> dict:
         t0 = time.monotonic()
-        result = self.evaluator.evaluate(task, source, language, time_it=time_it)
+        try:
+            result = self.evaluator.evaluate(task, source, language, time_it=time_it)
+        except Exception as e:  # noqa: BLE001 - one harness failure must not end the whole GPU run
+            traceback.print_exc()
+            result = EvalResult(status="runtime_error", error=f"HARNESS EXCEPTION {type(e).__name__}: {e}",
+                                device=self.evaluator.device)
         row = {"kind": kind, "name": name, "task": task, "language": language, "wall_s": time.monotonic() - t0,
                **extra, "result": result.model_dump(mode="json")}
         self.log.write(json.dumps(row) + "\n")

@@ -168,6 +168,9 @@ def _follow_and_report(job_id: int, task: str, services=None) -> None:
     except KeyboardInterrupt:
         err.print(f"interrupted; job {job_id} is kept: `evo resume {job_id}` continues it")
         raise typer.Exit(130)
+    except RuntimeError as e:  # an embedded worker died
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
     console.print(f"job {job_id} {p.state}" + (f": {p.error}" if p.error else ""))
     print_leaderboard(task)
     if p.state != "done":

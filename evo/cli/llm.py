@@ -135,12 +135,41 @@ def batch_status(directory: Path = typer.Argument(..., help="the batch directory
 @batch_app.command("run")
 @user_errors
 def batch_run(directory: Path = typer.Argument(..., help="the batch directory")):
-    """Answer the waiting requests through the configured endpoint (EVO_LLM_BASE_URL / EVO_LLM_CONFIG,
-    without EVO_LLM_BATCH_DIR) and write them as a Batch API output file."""
-    from db.session import get_sessionmaker
-    from evo.llm import LLMClient, load_settings
+    """Answer the waiting requests now, one by one, through the configured endpoint, and write
+    them as a Batch API output file (for a machine that can reach an endpoint the workers cannot)."""
     from evo.llm.batch import run_pending
 
-    settings = load_settings().model_copy(update={"batch_dir": None})  # this side sends, it does not queue
-    out = run_pending(directory, LLMClient(settings, get_sessionmaker()))
+    out = run_pending(directory, _sender())
     console.print("nothing waits" if out is None else f"wrote {out}; resume the job to pick the replies up")
+
+
+def _sender():
+    """A client that sends (the configured endpoint), whatever EVO_LLM_BATCH_DIR says."""
+    from db.session import get_sessionmaker
+    from evo.llm import LLMClient, load_settings
+
+    return LLMClient(load_settings().model_copy(update={"batch_dir": None}), get_sessionmaker())
+
+
+@batch_app.command("submit")
+@user_errors
+def batch_submit(directory: Path = typer.Argument(..., help="the batch directory")):
+    """Upload the waiting requests to the OpenAI Batch API (half price, answered within 24 h)."""
+    from evo.llm.batch import submit
+
+    batch_id = submit(directory, _sender())
+    console.print("nothing waits" if batch_id is None else f"submitted batch {batch_id}; "
+                  f"`evo llm batch fetch {directory}` collects it when it is done")
+
+
+@batch_app.command("fetch")
+@user_errors
+def batch_fetch(directory: Path = typer.Argument(..., help="the batch directory")):
+    """Download the output of finished batches into the directory as replies-<batch>.jsonl."""
+    from evo.llm.batch import fetch
+
+    report = fetch(directory, _sender())
+    for batch_id, status in report:
+        console.print(f"{batch_id}: {status}")
+    if not report:
+        console.print("no batch waits to be fetched")

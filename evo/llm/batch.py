@@ -123,3 +123,55 @@ def run_pending(directory: Path, client) -> Path | None:
             f.write(json.dumps({"id": f"local_req_{n}", "custom_id": line["custom_id"], "response": response,
                                 "error": error}) + "\n")
     return out
+
+
+# --- the OpenAI Batch API (half price, answers within 24 h) ------------------------------------
+
+def submit(directory: Path, client) -> str | None:
+    """Upload the waiting requests as one Batch API job; returns its id (None if nothing waits).
+    Submitted batches are listed in batches.json so `fetch` knows what to collect."""
+    todo = [line for line in pending(directory) if line["custom_id"] not in _submitted_ids(directory)]
+    if not todo:
+        return None
+    api = client.openai_client(client.settings.endpoints[0])
+    payload = "".join(json.dumps(line) + "\n" for line in todo).encode()
+    upload = api.files.create(file=("requests.jsonl", payload), purpose="batch")
+    batch = api.batches.create(input_file_id=upload.id, endpoint=CHAT_URL, completion_window="24h")
+    _write_batches(directory, [*_batches(directory), {"id": batch.id, "custom_ids": [line["custom_id"] for line in todo],
+                                                      "fetched": False}])
+    return batch.id
+
+
+def fetch(directory: Path, client) -> list[tuple[str, str]]:
+    """Download the output of every finished batch as replies-<batch id>.jsonl; returns
+    (batch id, status) for the batches not fetched before."""
+    api = client.openai_client(client.settings.endpoints[0])
+    batches = _batches(directory)
+    report = []
+    for entry in batches:
+        if entry["fetched"]:
+            continue
+        batch = api.batches.retrieve(entry["id"])
+        report.append((entry["id"], batch.status))
+        if batch.status not in ("completed", "expired", "cancelled", "failed"):
+            continue
+        # Expired or cancelled batches still return what finished; the rest lands in the error file.
+        text = "".join(api.files.content(file_id).text for file_id in (batch.output_file_id, batch.error_file_id)
+                       if file_id)
+        (directory / f"replies-{entry['id']}.jsonl").write_text(text)
+        entry["fetched"] = True
+    _write_batches(directory, batches)
+    return report
+
+
+def _batches(directory: Path) -> list[dict]:
+    path = directory / "batches.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _write_batches(directory: Path, batches: list[dict]) -> None:
+    (directory / "batches.json").write_text(json.dumps(batches, indent=1))
+
+
+def _submitted_ids(directory: Path) -> set[str]:
+    return {cid for entry in _batches(directory) if not entry["fetched"] for cid in entry["custom_ids"]}

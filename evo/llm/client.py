@@ -79,7 +79,7 @@ class LLMClient:
                             request.key)
 
     # -- the call ------------------------------------------------------------------------------
-    def _openai(self, endpoint: Endpoint) -> openai.OpenAI:
+    def openai_client(self, endpoint: Endpoint) -> openai.OpenAI:
         client = self._clients.get(endpoint.base_url)
         if client is None:
             client = openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.key(self._env),
@@ -100,7 +100,7 @@ class LLMClient:
 
     def raw_completion(self, endpoint: Endpoint, body: dict) -> dict:
         """The chat.completion body as the endpoint sent it; raises openai errors after the retries."""
-        return self._openai(endpoint).chat.completions.create(**body).model_dump(exclude_unset=True)
+        return self.openai_client(endpoint).chat.completions.create(**body).model_dump(exclude_unset=True)
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[LLMReply]:
         """One reply per request, in order. With the batch backend, raises BatchPending when some
@@ -117,6 +117,8 @@ class LLMClient:
             answered, pending = self.batch.collect({hashes[i]: bodies[i] for i in todo})
             fresh = {i: answered[hashes[i]] for i in todo if hashes[i] in answered}
         elif todo:
+            for i in todo:
+                self.openai_client(routed[i][1])  # create each endpoint's client here, not racing in the pool
             with ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(todo))) as pool:
                 outcomes = pool.map(lambda i: self.complete(routed[i][1], bodies[i]), todo)
                 fresh = dict(zip(todo, outcomes))
@@ -154,7 +156,7 @@ class LLMClient:
                                   reply=done.text, error=done.error, prompt_tokens=done.prompt_tokens,
                                   completion_tokens=done.completion_tokens, latency_s=done.latency_s,
                                   cost_usd=cost_usd(price, done.prompt_tokens, done.completion_tokens,
-                                                    batch=self.batch is not None))
+                                                    batch=self.batch is not None), cached=False)
         if not rows:
             return []
         with self.session_factory() as session:

@@ -18,7 +18,9 @@ EVO_LLM_CONFIG names a TOML or JSON file with the same knobs plus several endpoi
     api_key_env = "OPENAI_API_KEY"   # the key stays in the environment, not in the file
     weight = 1
 
-Environment variables override the file's shared knobs.
+Environment variables override the file's shared knobs; EVO_LLM_MODEL (with
+EVO_LLM_BASE_URL, default OpenAI's) replaces its endpoint list with that one endpoint.
+A job may pin a model and base URL (Job.llm_model, Job.llm_endpoint): see load_settings.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ OPENAI_URL = "https://api.openai.com/v1"
 
 class Endpoint(BaseModel):
     base_url: str = OPENAI_URL
-    model: str
+    model: str = Field(min_length=1)
     api_key: str | None = None
     api_key_env: str | None = None  # name of the variable holding the key
     weight: float = Field(1.0, gt=0)

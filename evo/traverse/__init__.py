@@ -16,6 +16,7 @@ from typing import Sequence
 
 import jinja2
 
+from baselines import get_task
 from evo.llm.client import ChatRequest
 from evo.strategies.base import JobInfo, Member, Proposal
 from evo.traverse import guiding
@@ -89,7 +90,7 @@ class Traverse:
         if not asks:
             return []
         replies = llm.generate(self.requests(job, history, asks, rng, population))
-        arity = signature_arity(guiding.get_task(job.task).signature)
+        arity = signature_arity(get_task(job.task).signature)
         proposals = []
         for ask, reply in zip(asks, replies):
             common = dict(language=ask.language, operator=ask.operator, llm_call_id=reply.call_id, island=ask.island,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from baselines import get_task
 from evo.strategies.base import JobInfo, Member
+from workers.protocol import CPU_DEVICE
 
 I1, I2, I3 = "I1", "I2", "I3"
 INSIGHTS_SAMPLED = 3  # thoughts per prompt, as in the paper
@@ -73,7 +74,15 @@ def task_context(job: JobInfo) -> dict:
     shapes = [" ".join(f"{k}={v}" for k, v in s.items()) for s in task.shapes]
     return {"name": task.name, "description": task.description, "signature": task.signature,
             "shapes": shapes, "dtypes": [str(d).removeprefix("torch.") for d in task.dtypes],
-            "forbidden": list(task.forbidden), "reference": reference, "device": job.device or "an NVIDIA GPU"}
+            "forbidden": list(task.forbidden), "reference": reference, "device": device_words(job.device)}
+
+
+def device_words(device: str) -> str:
+    if not device:
+        return "an NVIDIA GPU"
+    if device == CPU_DEVICE:  # CI or a laptop: the kernel is still meant for a GPU
+        return "an NVIDIA GPU (this run checks candidates on Triton's CPU interpreter)"
+    return device
 
 
 def best_of(history: list[Member]) -> Member | None:

@@ -124,7 +124,7 @@ def _pick(blocks: list[str], arity: int | None, language: str | None) -> tuple[s
     if not with_entry:
         return None, _check(blocks[-1], arity, language or code_language(blocks[-1]))
     last = with_entry[-1]
-    missing = _free_names(trees[last])
+    missing = _free_names(trees[last]) if last else set()
     helpers = [blocks[i] for i in range(last) if trees[i] is not None and missing & _defined_names(trees[i])]
     code = "\n\n".join([*helpers, blocks[last]])
     error = _check(code, arity, language or code_language(code))
@@ -148,13 +148,12 @@ def _free_names(tree: ast.Module) -> set[str]:
     """Names read somewhere in the module that it never binds (builtins aside)."""
     import builtins
 
-    bound = _defined_names(tree)
+    bound, loads = _defined_names(tree), set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            bound.add(node.id)
+        if isinstance(node, ast.Name):
+            (loads if isinstance(node.ctx, ast.Load) else bound).add(node.id)
         elif isinstance(node, ast.arg):
             bound.add(node.arg)
-    loads = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
     return loads - bound - set(dir(builtins))
 
 

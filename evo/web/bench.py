@@ -71,6 +71,9 @@ def fill(url: str, candidates: int, per_job: int, seed: int = 0) -> None:
                     speedup_seed=0.5 / runtime if runtime else None, sol_fraction=0.04 / runtime if runtime else None,
                     finished_at=t0 + timedelta(seconds=i + 30)))
             conn.execute(insert(Evaluation), evaluations)
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE")  # what autovacuum does soon after a bulk load
     engine.dispose()
 
 

@@ -9,12 +9,11 @@ from fastapi.responses import RedirectResponse
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Candidate, Evaluation
 from evo.web import queries
-from evo.leaderboard import LeaderRow, best_kernels, list_jobs
+from evo.leaderboard import LeaderRow, best_kernels, distinct_values, list_jobs
 from evo.web.api import CandidateId, DeviceName, JobId, Offset, TaskName, cancel_or_conflict, get_job, job_detail
 from evo.web.app import check_token, get_session, templates
 from evo.web.plots import generation_plot
@@ -55,9 +54,8 @@ def leaderboard_page(request: Request, task: TaskName = None, gpu: DeviceName = 
     groups = [(name, [(device, sorted_rows(list(device_rows), sort, order))
                       for device, device_rows in groupby(task_rows, key=lambda r: r.device)])
               for name, task_rows in groupby(rows, key=lambda r: r.task)]
-    tasks = session.scalars(select(Candidate.task).distinct().order_by(Candidate.task)).all()
-    gpus = session.scalars(select(Evaluation.device).distinct().where(Evaluation.status == "correct")
-                           .order_by(Evaluation.device)).all()
+    tasks = distinct_values(session, Candidate.task)
+    gpus = distinct_values(session, Evaluation.device, Evaluation.status == "correct")
     return templates.TemplateResponse(request, "leaderboard.html", dict(
         groups=groups, tasks=tasks, gpus=gpus, task=task, gpu=gpu, sort=sort, order=order))
 

@@ -26,7 +26,7 @@ def _split_kernel(
     stride_tb, stride_ib, stride_ih,
     n_slots, max_blocks, n_splits,
     HKV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, P: tl.constexpr, D: tl.constexpr,
-    BLOCKS_PER_SPLIT: tl.constexpr, SCORES: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCKS_PER_SPLIT: tl.constexpr, TILE_PAGES: tl.constexpr, SCORES: tl.constexpr, PRECISION: tl.constexpr,
 ):
     split = tl.program_id(0)
     bh = tl.program_id(1)
@@ -43,36 +43,43 @@ def _split_kernel(
         return
 
     offs_g = tl.arange(0, G_PAD)
-    offs_t = tl.arange(0, P)
     offs_d = tl.arange(0, D)
+    rows = tl.arange(0, TILE_PAGES * P)  # a tile = TILE_PAGES pages, one dot for all of them
+    row_page = rows // P
+    row_tok = rows % P
     q = tl.load(q_ptr + b * stride_qb + (h * G + offs_g)[:, None] * stride_qh + offs_d[None, :],
                 mask=offs_g[:, None] < G, other=0.0)
-    m = tl.full([G_PAD], -1.0e30, tl.float32)  # finite: a fully masked page leaves no NaN
+    m = tl.full([G_PAD], -1.0e30, tl.float32)  # finite: a fully masked tile leaves no NaN
     l = tl.zeros([G_PAD], tl.float32)
     acc = tl.zeros([G_PAD, D], tl.float32)
+    last = tl.minimum(first + BLOCKS_PER_SPLIT, n_work)
+    sparse_end = tl.where(sparse, last, 0)  # sparse heads look their blocks up, retrieval heads count
     index_row = indices_ptr + b * stride_ib + h * stride_ih
-    for slot in range(first, tl.minimum(first + BLOCKS_PER_SPLIT, n_work)):
-        blk = tl.where(retrieval, slot, tl.load(index_row + slot, mask=sparse, other=0))
-        page = tl.load(block_table_ptr + b * stride_tb + tl.maximum(blk, 0)).to(tl.int64)
-        tok = blk * P + offs_t
-        live = (tok >= 0) & (tok < seq_len)  # blk = -1: no block
-        kt = tl.load(k_ptr + page * stride_kp + h * stride_kh + offs_t[:, None] * stride_kt + offs_d[None, :],
+    for t0 in range(first, last, TILE_PAGES):
+        slot = t0 + row_page
+        blk = tl.load(index_row + slot, mask=slot < sparse_end, other=-1)
+        blk = tl.where(slot < sparse_end, blk, slot)
+        page = tl.load(block_table_ptr + b * stride_tb + tl.maximum(blk, 0), mask=slot < last, other=0).to(tl.int64)
+        tok = blk * P + row_tok
+        live = (slot < last) & (tok >= 0) & (tok < seq_len)  # blk = -1: no block
+        kt = tl.load(k_ptr + page[:, None] * stride_kp + h * stride_kh + row_tok[:, None] * stride_kt + offs_d[None, :],
                      mask=live[:, None], other=0.0)
-        vt = tl.load(v_ptr + page * stride_vp + h * stride_vh + offs_t[:, None] * stride_vt + offs_d[None, :],
+        vt = tl.load(v_ptr + page[:, None] * stride_vp + h * stride_vh + row_tok[:, None] * stride_vt + offs_d[None, :],
                      mask=live[:, None], other=0.0)
         s = tl.dot(q, tl.trans(kt), input_precision=PRECISION) * qk_scale
         s = tl.where(live[None, :], s, -float("inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m - m_new)
-        p_sum = tl.sum(p, 1)
-        l = l * alpha + p_sum
+        l = l * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PRECISION)
         m = m_new
         if SCORES:
-            if retrieval:
-                tl.store(block_lse_ptr + (bh * G + offs_g) * max_blocks + blk, m_new + tl.log2(p_sum),
-                         mask=offs_g < G)
+            if retrieval:  # each page's log-sum-exp, for the block scores
+                page_sum = tl.sum(tl.reshape(p, [G_PAD, TILE_PAGES, P]), 2)
+                blocks = t0 + tl.arange(0, TILE_PAGES)
+                tl.store(block_lse_ptr + (bh * G + offs_g)[:, None] * max_blocks + blocks[None, :],
+                         m_new[:, None] + tl.log2(page_sum), mask=(offs_g[:, None] < G) & (blocks[None, :] < last))
     part = bh * n_splits + split
     l_safe = tl.where(l > 0, l, 1.0)
     tl.store(o_part_ptr + (part * G + offs_g)[:, None] * D + offs_d[None, :], acc / l_safe[:, None],
@@ -128,10 +135,19 @@ def _merge_kernel(
             tl.store(scores_ptr + b * stride_sb + h * stride_sh + j, mass, mask=j < max_blocks)
 
 
-BLOCKS_PER_SPLIT = 16  # tunable: 4, 8, 16, 32, 64
+BLOCKS_PER_SPLIT = 32  # tunable: 8, 16, 32, 64, 128
+TILE_PAGES = 2  # tunable: 1, 2, 4
 NUM_WARPS = 4  # tunable: 2, 4, 8
 NUM_STAGES = 3  # tunable: 1, 2, 3, 4
 SCORE_BLOCK = 256  # tunable: 128, 256, 512
+
+
+def split_size(batch, max_blocks, device):
+    """Pages per split: BLOCKS_PER_SPLIT, smaller when one retrieval head per sequence would
+    not give about two programs per multiprocessor (small batches, short contexts)."""
+    n_sm = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    want = triton.next_power_of_2(triton.cdiv(batch * max_blocks, 2 * n_sm))
+    return max(TILE_PAGES, min(BLOCKS_PER_SPLIT, want) // TILE_PAGES * TILE_PAGES)
 
 
 def hybrid_decode(q, k_cache, v_cache, block_table, seq_lens, is_retrieval, indices, scores=True):
@@ -149,7 +165,8 @@ def hybrid_decode(q, k_cache, v_cache, block_table, seq_lens, is_retrieval, indi
     G = Hq // Hkv
     max_blocks = block_table.shape[1]
     n_slots = indices.shape[-1]
-    n_splits = triton.cdiv(max_blocks, BLOCKS_PER_SPLIT)
+    bps = split_size(B, max_blocks, q.device)
+    n_splits = triton.cdiv(max_blocks, bps)
     dev = q.device
     o = torch.empty_like(q)
     o_part = torch.empty((B * Hkv * n_splits, G, D), dtype=torch.float32, device=dev)
@@ -164,12 +181,12 @@ def hybrid_decode(q, k_cache, v_cache, block_table, seq_lens, is_retrieval, indi
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
         indices.stride(0), indices.stride(1), n_slots, max_blocks, n_splits,
-        HKV=Hkv, G=G, G_PAD=G_PAD, P=P, D=D, BLOCKS_PER_SPLIT=BLOCKS_PER_SPLIT, SCORES=scores,
-        PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+        HKV=Hkv, G=G, G_PAD=G_PAD, P=P, D=D, BLOCKS_PER_SPLIT=bps, TILE_PAGES=TILE_PAGES,
+        SCORES=scores, PRECISION=precision, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     _merge_kernel[(B * Hkv,)](
         o_part, lse_part, block_lse, seq_lens, is_retrieval, o, out_scores,
         o.stride(0), o.stride(1), out_scores.stride(0), out_scores.stride(1), n_slots, max_blocks, n_splits,
-        HKV=Hkv, G=G, G_PAD=triton.next_power_of_2(G), P=P, D=D, BLOCKS_PER_SPLIT=BLOCKS_PER_SPLIT,
+        HKV=Hkv, G=G, G_PAD=triton.next_power_of_2(G), P=P, D=D, BLOCKS_PER_SPLIT=bps,
         SCORES=scores, SCORE_BLOCK=min(SCORE_BLOCK, triton.next_power_of_2(max_blocks)), num_warps=4)
     return o, (out_scores if scores else None)
 

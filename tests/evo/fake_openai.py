@@ -3,6 +3,8 @@
 It answers POST /v1/chat/completions with scripted replies (errors, delays, malformed
 text) and then with `responder(body, n)`; it records every request body and the most
 requests it ever had in flight at once. Driven through the real `openai` client.
+The Batch API is there too (file upload, batch create/retrieve, file content): a batch
+is answered by the same responder as soon as it is created.
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ class FakeOpenAI:
         self.max_in_flight = 0
         self._in_flight = 0
         self._lock = threading.Lock()
+        self.files: dict[str, str] = {}
+        self.batches: dict[str, dict] = {}
 
     def __enter__(self) -> "FakeOpenAI":
         fake = self
@@ -49,10 +53,25 @@ class FakeOpenAI:
                 pass
 
             def do_GET(self):
-                self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+                parts = self.path.strip("/").split("/")  # v1, batches, ID | v1, files, ID, content
+                if parts[1:2] == ["batches"]:
+                    self._send(200, fake.batches[parts[2]])
+                elif parts[1:2] == ["files"]:
+                    data = fake.files[parts[2]].encode()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                else:
+                    self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path.endswith("/files"):
+                    return self._upload(raw)
+                if self.path.endswith("/batches"):
+                    return self._batch(json.loads(raw))
+                body = json.loads(raw)
                 with fake._lock:
                     n = len(fake.requests)
                     fake.requests.append(body)
@@ -80,6 +99,39 @@ class FakeOpenAI:
                 finally:
                     with fake._lock:
                         fake._in_flight -= 1
+
+            def _upload(self, raw: bytes):
+                # multipart/form-data: the file is the part with a filename; its lines are JSON.
+                part = next(p for p in raw.split(b"\r\n--") if b"filename=" in p)
+                content = part.split(b"\r\n\r\n", 1)[1].decode()
+                file_id = f"file-{len(fake.files)}"
+                fake.files[file_id] = content
+                self._send(200, {"id": file_id, "object": "file", "bytes": len(content), "created_at": 0,
+                                 "filename": "requests.jsonl", "purpose": "batch", "status": "processed"})
+
+            def _batch(self, request: dict):
+                lines = []
+                for line in fake.files[request["input_file_id"]].splitlines():
+                    item = json.loads(line)
+                    with fake._lock:
+                        n = len(fake.requests)
+                        fake.requests.append(item["body"])
+                    reply = fake.responder(item["body"], n)
+                    lines.append({"id": f"batch_req_{n}", "custom_id": item["custom_id"], "error": None,
+                                  "response": {"status_code": 200, "request_id": str(n), "body": {
+                                      "id": f"chatcmpl-{n}", "object": "chat.completion", "created": 0,
+                                      "model": item["body"]["model"],
+                                      "choices": [{"index": 0, "finish_reason": "stop",
+                                                   "message": {"role": "assistant", "content": reply.text}}],
+                                      "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}}})
+                output_id = f"file-{len(fake.files)}"
+                fake.files[output_id] = "".join(json.dumps(line) + "\n" for line in lines)
+                batch_id = f"batch_{len(fake.batches)}"
+                fake.batches[batch_id] = {
+                    "id": batch_id, "object": "batch", "endpoint": request["endpoint"], "status": "completed",
+                    "input_file_id": request["input_file_id"], "completion_window": request["completion_window"],
+                    "created_at": 0, "output_file_id": output_id, "error_file_id": None}
+                self._send(200, fake.batches[batch_id])
 
             def _send(self, status, payload, headers=None):
                 data = json.dumps(payload).encode()

@@ -8,7 +8,7 @@ import torch
 from baselines.hybrid_decode import (block_topk as ref_block_topk, dense_decode as ref_dense_decode,
                                      hybrid_attention, hybrid_decode_layers, make_hybrid_inputs,
                                      make_topk_inputs, num_blocks)
-from kernels.hybrid_decode import block_topk, dense_decode, hybrid_decode
+from kernels.hybrid_decode import block_topk, decode, dense_decode, hybrid_decode
 
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available() else "cuda"
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3}
@@ -40,6 +40,18 @@ def test_hybrid_decode_matches_reference(dtype, mix):
     _check(o, ref_o, dtype)
     torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-4)
     assert scores.shape == (2, mix.get("Hkv", 2), inputs[3].shape[1])
+
+
+@pytest.mark.parametrize("split,tile", [(1, 1), (2, 2), (4, 4)])
+def test_split_and_tile_sizes(split, tile, monkeypatch):
+    """Many splits per head (the merge), tiles of several pages, a tile past the split's end."""
+    monkeypatch.setattr(decode, "BLOCKS_PER_SPLIT", split)
+    monkeypatch.setattr(decode, "TILE_PAGES", tile)
+    inputs = make_hybrid_inputs(_shape(L=85, K=64, Hkv=3, Hq=6, R=2), torch.float32, seed=8, device=DEVICE)
+    o, scores = hybrid_decode(*inputs)
+    ref_o, ref_scores = hybrid_attention(*inputs)
+    _check(o, ref_o, torch.float32)
+    torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-4)
 
 
 def test_sparse_heads_read_only_their_blocks():

@@ -2,8 +2,10 @@
 from datetime import timedelta
 from pathlib import Path
 
+import os
+
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select, text
 
 from db.models import Candidate, Evaluation, utcnow
 from db.session import ConfigError, session_scope
@@ -13,6 +15,34 @@ from workers.protocol import HARNESS_VERSION, EvalResult, content_hash
 
 REDIS_DB = 5
 SEED = (Path(__file__).resolve().parents[2] / "kernels" / "softmax.py").read_text()
+
+
+PG_SCHEMA = "evo_service_claims"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db(request, monkeypatch):
+    """The claim logic on both databases (PostgreSQL: row locks; SQLite: compare-and-set)."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_db")
+        return
+    base = os.environ.get("EVO_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("EVO_TEST_POSTGRES_URL is not set")
+    from db.migrate import upgrade
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE"))
+        conn.execute(text(f"CREATE SCHEMA {PG_SCHEMA}"))
+    url = f"{base}?options=-csearch_path%3D{PG_SCHEMA}"
+    upgrade(url)
+    monkeypatch.setenv("EVO_DATABASE_URL", url)
+    yield url
+    from db.session import get_engine
+    get_engine(url).dispose()
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {PG_SCHEMA} CASCADE"))
+    admin.dispose()
 
 
 def add_candidate(source: str, task: str = "softmax") -> int:
@@ -29,7 +59,7 @@ def evaluation_rows(candidate_id: int) -> list[Evaluation]:
         return list(s.scalars(select(Evaluation).where(Evaluation.candidate_id == candidate_id)))
 
 
-def test_claim_is_idempotent(sqlite_db):
+def test_claim_is_idempotent(any_db):
     cid = add_candidate(SEED)
     outcome, row = tasks.claim(cid, "dev", "w1")
     assert outcome == "run" and row.id
@@ -46,7 +76,7 @@ def test_claim_is_idempotent(sqlite_db):
     assert len(evaluation_rows(cid)) == 2
 
 
-def test_dead_attempts_are_retried_then_given_up(sqlite_db):
+def test_dead_attempts_are_retried_then_given_up(any_db):
     cid = add_candidate(SEED)
     for attempt in range(1, tasks.MAX_ATTEMPTS + 1):
         outcome, row = tasks.claim(cid, "dev", f"w{attempt}")
@@ -88,3 +118,23 @@ def test_worker_process_evaluates_once_and_never_raises(cluster, poll):
     assert bad.status == "compile_error" and "syntax error at line 2" in bad.error
     with session_scope() as s:
         assert s.scalar(select(func.count(Evaluation.id))) == 2
+
+
+def test_worker_specs_one_per_gpu_or_one_cpu_worker(monkeypatch):
+    from evo.embedded import worker_specs
+    import workers.devices as devices
+
+    monkeypatch.setattr(devices, "_nvidia_smi_gpus", lambda: ())
+    [cpu] = worker_specs("gpu")
+    assert (cpu.queues, cpu.env, cpu.concurrency) == ("gpu", {"EVO_WORKER_DEVICE": "cpu"}, 1)
+    assert "--prefetch-multiplier" in cpu.argv() and cpu.argv()[cpu.argv().index("--pool") + 1] == "prefork"
+
+    monkeypatch.setattr(devices, "_nvidia_smi_gpus", lambda: (("0", "GPU-a", "NVIDIA H200"), ("1", "GPU-b", "NVIDIA H200")))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    control, *gpus = worker_specs("control,cpu,gpu")
+    assert (control.queues, control.concurrency) == ("control,cpu", 2)
+    assert [(g.name, g.env["CUDA_VISIBLE_DEVICES"], g.env["EVO_WORKER_DEVICE"]) for g in gpus] == [
+        ("gpu0", "1", "0"), ("gpu1", "0", "0")]
+    assert [g.env["CUDA_VISIBLE_DEVICES"] for g in worker_specs("gpu", gpus=[1])] == ["0"]
+    with pytest.raises(ValueError, match="queues must be"):
+        worker_specs("gpu,video")

@@ -72,3 +72,31 @@ def test_side_stream_rule():
     long_honest = Measurement(times_ms=[2.0] * 10, wall_ms=[2.04] * 10, outputs=[])
     assert not side_stream_suspected(honest) and not side_stream_suspected(long_honest)
     assert side_stream_suspected(hidden)
+
+
+def test_evaluation_process_dies_with_a_killed_supervisor(poll):
+    """A SIGKILLed worker must not leave its evaluation process spinning on an endless loop."""
+    import os
+    import signal
+    code = ("from workers.sandbox import Evaluator, Timeouts\n"
+            "ev = Evaluator(timeouts=Timeouts(compile=300))\n"
+            "ev.evaluate('softmax', open('kernels/softmax.py').read(), time_it=False)\n"
+            "print(ev.pid, flush=True)\n"
+            "ev.evaluate('softmax', open('tests/workers/fixtures/infinite_loop.py').read())\n")
+    supervisor = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    child = int(supervisor.stdout.readline())
+    os.kill(supervisor.pid, signal.SIGKILL)
+    supervisor.wait()
+
+    def gone():
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    try:
+        poll(gone, 10, "the evaluation process to die with its supervisor")
+    finally:
+        if not gone():
+            os.kill(child, signal.SIGKILL)

@@ -6,7 +6,7 @@ dynamic trick (one the AST scan cannot see) still cannot hide.
   torch, torch.Tensor, torch.cuda, its Event, F, triton, builtins) is recorded before any
   candidate is imported and compared after each call;
 - threads: every Python thread start is counted (also one joined before the call returns),
-  and the process's native threads are counted before and after;
+  and on the CPU the process's native threads are counted before and after;
 - processes and network: an audit hook (sys.addaudithook) records socket use, os.system,
   fork and kill while candidate code runs;
 - streams: the current CUDA stream must be the same before and after.
@@ -147,10 +147,13 @@ class Guard:
         return torch.cuda.current_stream().cuda_stream if self.device.type == "cuda" else None
 
     @contextmanager
-    def watch(self, mode: ForbiddenOpsMode | None, check_native_threads: bool = True):
+    def watch(self, mode: ForbiddenOpsMode | None):
         """Run candidate code under the runtime checks; raises GuardViolation after it. Without
         a mode (timing: a Python mode would add overhead to every torch call) forbidden ops are
-        not watched, the rest is."""
+        not watched, the rest is. Native threads are counted on the CPU only: on a GPU the CUDA
+        driver, NVRTC and Triton's compiler create their own on first use, and a candidate has
+        no way to start one there without ctypes or a C extension, which the scan refuses."""
+        check_native_threads = self.device.type == "cpu"
         py_before, native_before = self._threads()
         stream_before = self._stream()
         started_before = self.threads_started

@@ -64,13 +64,14 @@ def warm_up_runtimes(device: torch.device) -> None:
     x = torch.zeros(64, device=device)
     _warmup_kernel[(1,)](x, BLOCK=64)
     if device.type == "cuda":
-        try:
+        try:  # optional: without a working CuPy, CUDA candidates fail with their own error
             cupy = import_module("cupy")
-        except ImportError:
-            return
-        with cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
-            kernel = cupy.RawKernel(r'extern "C" __global__ void add_one(float* x) { x[threadIdx.x] += 1.0f; }', "add_one")
-            kernel((1,), (64,), (x.data_ptr(),))
+            with cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
+                kernel = cupy.RawKernel(r'extern "C" __global__ void add_one(float* x) { x[threadIdx.x] += 1.0f; }',
+                                        "add_one")
+                kernel((1,), (64,), (x.data_ptr(),))
+        except Exception:  # noqa: BLE001
+            pass
         torch.cuda.synchronize(device)
 
 
@@ -86,7 +87,7 @@ class Harness:
         self.guard = Guard(device)
         self.timer = GpuTimer(device) if self.on_gpu else CpuTimer()
         self.baselines: dict[tuple, dict[str, float | None]] = {}
-        self.baseline_errors: dict[str, str] = {}
+        self.baseline_errors: dict[str, list[str]] = {}  # task -> what failed to time, and why
         self._compiled: dict[str, Callable] = {}
         self.workdir = Path(tempfile.mkdtemp(prefix="evo-candidates-"))
         self.environment = self._environment()
@@ -203,6 +204,8 @@ class Harness:
         self._ensure_baselines(task, configs)
         self.guard.refresh()  # every candidate call so far was checked; baseline code is the harness's own
         phases["baselines"] = time.perf_counter() - t0
+        if self.baseline_errors.get(task.name):
+            result.environment = {**self.environment, "baseline_errors": "; ".join(self.baseline_errors[task.name])}
 
         phase("time")
         t0 = time.perf_counter()
@@ -313,7 +316,8 @@ class Harness:
                 try:
                     times[name] = self.timer.measure(fn, sets).median
                 except Exception as e:  # noqa: BLE001 - a failing baseline is reported, not fatal
-                    self.baseline_errors[f"{key}:{name}"] = f"{type(e).__name__}: {e}"[:500]
+                    self.baseline_errors.setdefault(task.name, []).append(
+                        f"{name} at {task.shape_key(shape)} {dtype_name(dtype)}: {type(e).__name__}: {e}"[:500])
             self.baselines[key] = times
             del sets
             self._sync()
@@ -327,7 +331,7 @@ class Harness:
         try:
             return import_module(task.seed).entry
         except Exception as e:  # noqa: BLE001 - e.g. a CUDA seed without cupy on this machine
-            self.baseline_errors[f"{task.name}:seed"] = f"{type(e).__name__}: {e}"[:500]
+            self.baseline_errors.setdefault(task.name, []).append(f"seed import: {type(e).__name__}: {e}"[:500])
             return None
 
     def _time_config(self, task: Task, entry, shape: dict, dtype: torch.dtype, candidate_file: str) -> ShapeTiming:

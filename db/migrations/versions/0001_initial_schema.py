@@ -85,7 +85,7 @@ def upgrade() -> None:
     with op.batch_alter_table('evaluations', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_evaluations_candidate_id'), ['candidate_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_evaluations_status'), ['status'], unique=False)
-        batch_op.create_index('ix_evaluations_status_device', ['status', 'device'], unique=False)
+        batch_op.create_index('ix_evaluations_status_device', ['status', 'device', 'runtime_ms', 'candidate_id'], unique=False)
 
     op.create_table('llm_calls',
     sa.Column('id', sa.Integer(), nullable=False),

@@ -77,3 +77,23 @@ def test_bad_llm_settings_are_one_clear_error(database, monkeypatch):
     monkeypatch.setenv("EVO_LLM_TIMEOUT", "soon")
     result = runner.invoke(app, ["llm", "check"])
     assert result.exit_code == 2 and "error: bad LLM settings: timeout" in result.output
+
+
+def test_batch_submit_and_fetch_through_the_batch_api(database, tmp_path, monkeypatch):
+    batch = tmp_path / "batch"
+    queued = LLMClient(load_settings({"EVO_LLM_MODEL": "fake-model", "EVO_LLM_BATCH_DIR": str(batch)}),
+                       get_sessionmaker(database))
+    asks = [ChatRequest(({"role": "user", "content": "hi"},), key=f"k{i}") for i in range(3)]
+    with pytest.raises(BatchPending):
+        queued.generate(asks)
+    with FakeOpenAI() as server:
+        for var, value in server.env().items():
+            monkeypatch.setenv(var, value)
+        submitted = runner.invoke(app, ["llm", "batch", "submit", str(batch)])
+        assert submitted.exit_code == 0 and "submitted batch batch_0" in submitted.output, submitted.output
+        assert "nothing waits" in runner.invoke(app, ["llm", "batch", "submit", str(batch)]).output  # not twice
+        fetched = runner.invoke(app, ["llm", "batch", "fetch", str(batch)])
+        assert fetched.exit_code == 0 and "batch_0: completed" in fetched.output, fetched.output
+        assert len(server.requests) == 3
+    replies = queued.generate(asks)
+    assert sorted(r.text for r in replies) == ["reply 0", "reply 1", "reply 2"]

@@ -1,6 +1,5 @@
 """The LLM layer against a real HTTP server speaking the OpenAI API, through the real openai client."""
 import json
-import random
 import sys
 import textwrap
 
@@ -57,6 +56,20 @@ def test_settings_from_a_toml_file_with_weighted_endpoints(tmp_path):
     assert [(e.model, e.weight) for e in s.endpoints] == [("local", 3), ("gpt-4.1", 1)]
     assert s.endpoints[1].base_url == "https://api.openai.com/v1"
     assert s.endpoints[1].key({"MY_KEY": "sk-1"}) == "sk-1"
+
+
+def test_a_job_pins_its_endpoint_and_model(tmp_path):
+    config = tmp_path / "llm.json"
+    config.write_text(json.dumps({"endpoints": [{"base_url": "http://gpu1:8000/v1", "model": "a", "api_key": "k1"},
+                                                {"base_url": "http://gpu2:8000/v1", "model": "b"}]}))
+    env = {"EVO_LLM_CONFIG": str(config)}
+    pinned = load_settings(env, base_url="http://gpu1:8000/v1/")
+    assert [(e.base_url, e.model, e.api_key) for e in pinned.endpoints] == [("http://gpu1:8000/v1", "a", "k1")]
+    other = load_settings(env, base_url="http://gpu3:8000/v1", model="c")
+    assert [(e.base_url, e.model) for e in other.endpoints] == [("http://gpu3:8000/v1", "c")]
+    assert [e.model for e in load_settings(env, model="c").endpoints] == ["c", "c"]
+    with pytest.raises(ConfigError, match="endpoints.0.model"):
+        load_settings(env, base_url="http://gpu3:8000/v1")  # a new server, but which model?
 
 
 @pytest.mark.parametrize("env, message", [
@@ -288,3 +301,14 @@ def test_serve_reports_a_crash_and_a_missing_vllm(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(serve.ServeError, match="vllm is not installed"):
         serve.vllm_command("m")
+
+
+def test_records_and_cache_on_postgresql(pg_session_factory):
+    with FakeOpenAI() as server:
+        client = LLMClient(load_settings(server.env()), pg_session_factory)
+        first = client.generate(requests(2))
+        again = client.generate(requests(2))
+        assert len(server.requests) == 2
+    assert [r.text for r in again] == [r.text for r in first] and all(r.cached for r in again)
+    rows = calls(pg_session_factory)
+    assert [r.cached for r in rows] == [False, False, True, True] and rows[0].prompt == list(MESSAGES)
