@@ -2,16 +2,19 @@
 queries or keys of shape (tokens, heads, head_dim): a memory-bound elementwise op."""
 import torch
 
-from baselines.task import Task, dtype_size, generator, randn, register, upcast
+from baselines.task import Task, dtype_size, generator, randn, register
 
 THETA = 500000.0  # Llama 3's base frequency
 
 
 def reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # In x's dtype, as Hugging Face's apply_rotary_pos_emb runs: an fp32 copy would make eager
+    # slower than what models run. The bf16 roundings stay well inside the bf16 tolerance
+    # (tests/baselines checks the reference against its float64 self).
     half = x.shape[-1] // 2
-    xf, c, s = upcast(x), upcast(cos)[:, None, :], upcast(sin)[:, None, :]
-    x1, x2 = xf[..., :half], xf[..., half:]
-    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
+    c, s = cos[:, None, :], sin[:, None, :]
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
 
 
 def make_inputs(shape, dtype, seed, device):
@@ -34,7 +37,7 @@ TASK = register(Task(
         "token's position; all contiguous and of x's dtype. With h = D/2, for every token t, head j "
         "and i < h: y[t, j, i] = x[t, j, i] * cos[t, i] - x[t, j, i + h] * sin[t, i] and "
         "y[t, j, i + h] = x[t, j, i + h] * cos[t, i] + x[t, j, i] * sin[t, i]. "
-        "Compute in fp32; return a new tensor y of shape (T, H, D) in x's dtype (do not write x)."
+        "Compute in fp32 (round once); return a new tensor y of shape (T, H, D) in x's dtype (do not write x)."
     ),
     signature="entry(x: Tensor[T, H, D], cos: Tensor[T, D/2], sin: Tensor[T, D/2]) -> Tensor[T, H, D]",
     reference=reference,

@@ -11,7 +11,7 @@ import os
 
 from sqlalchemy.orm import Session
 
-from db.models import Job, JobState
+from db.models import Job, JobState, utcnow
 from evo.strategies import STRATEGIES
 
 LANGUAGES = ("triton", "cuda", "both")
@@ -84,7 +84,6 @@ def cancel_job(session: Session, job_id: int) -> Job:
     if job.state in (JobState.done.value, JobState.failed.value):
         raise JobError(f"job {job_id} already ended ({job.state})")
     if job.state != JobState.cancelled.value:
-        from db.models import utcnow
         job.state = JobState.cancelled.value
         job.finished_at = utcnow()
         session.commit()

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from db.models import Candidate, Evaluation, Job, JobCandidate, Verdict
 from workers.protocol import HARNESS_VERSION
@@ -153,13 +153,18 @@ def _job_evaluations(job_ids):
     return (select(JobCandidate.job_id, JobCandidate.generation, JobCandidate.candidate_id, Evaluation)
             .join(Job, Job.id == JobCandidate.job_id)
             .outerjoin(Evaluation, on_device)
-            .where(JobCandidate.job_id.in_(job_ids)))
+            .where(JobCandidate.job_id.in_(job_ids))
+            # Not the large JSON columns (timings, environment): a job list reads thousands of rows.
+            .options(load_only(Evaluation.candidate_id, Evaluation.device, Evaluation.status, Evaluation.runtime_ms,
+                               Evaluation.speedup_eager, Evaluation.speedup_compile, Evaluation.speedup_seed,
+                               Evaluation.sol_fraction)))
 
 
 def _progress(session: Session, jobs: list[Job]) -> list[JobProgress]:
     if not jobs:
         return []
     counts: dict[int, dict] = {j.id: {"proposed": set(), "evaluated": set(), "valid": set()} for j in jobs}
+    best: dict[int, Evaluation] = {}  # the fastest correct verdict per job
     for job_id, _gen, cid, ev in session.execute(_job_evaluations([j.id for j in jobs])).all():
         c = counts[job_id]
         c["proposed"].add(cid)
@@ -167,7 +172,8 @@ def _progress(session: Session, jobs: list[Job]) -> list[JobProgress]:
             c["evaluated"].add(cid)
             if ev.status == Verdict.correct.value:
                 c["valid"].add(cid)
-    best = _best_evaluations(session, jobs)
+                if ev.runtime_ms is not None and (job_id not in best or ev.runtime_ms < best[job_id].runtime_ms):
+                    best[job_id] = ev
     out = []
     for j in jobs:
         ev = best.get(j.id)
@@ -182,16 +188,6 @@ def _progress(session: Session, jobs: list[Job]) -> list[JobProgress]:
             best_speedup_seed=ev.speedup_seed if ev else None, best_sol_fraction=ev.sol_fraction if ev else None,
             error=j.error, created_at=j.created_at, finished_at=j.finished_at))
     return out
-
-
-def _best_evaluations(session: Session, jobs: list[Job]) -> dict[int, Evaluation]:
-    """The best member's verdict per job: the recorded best, else the fastest correct so far."""
-    best: dict[int, Evaluation] = {}
-    for job_id, _gen, _cid, ev in session.execute(
-            _job_evaluations([j.id for j in jobs]).where(Evaluation.status == Verdict.correct.value)).all():
-        if ev.runtime_ms is not None and (job_id not in best or ev.runtime_ms < best[job_id].runtime_ms):
-            best[job_id] = ev
-    return best
 
 
 def job_progress(session: Session, job_id: int) -> JobProgress | None:

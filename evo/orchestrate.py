@@ -17,7 +17,6 @@ import importlib.util
 import logging
 import os
 import random
-from dataclasses import dataclass
 
 from celery import chord
 from sqlalchemy import and_, select, update

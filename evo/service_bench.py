@@ -94,7 +94,8 @@ def _mean_phases(phases: list[dict]) -> dict:
     return {k: sum(p.get(k, 0.0) for p in phases) / len(phases) for k in keys} if phases else {}
 
 
-def evaluator_alone(task: str, sources: list[str]) -> dict:
+def evaluator_alone(task: str, sources: list[str], until: float) -> dict:
+    """Evaluate the sources in one fresh Evaluator, stopping early at time `until`."""
     from workers.devices import gpu_count
     from workers.sandbox import Evaluator
 
@@ -102,13 +103,17 @@ def evaluator_alone(task: str, sources: list[str]) -> dict:
     statuses, done_at = [], []
     with Evaluator(gpu=0 if gpu_count() else None) as e:
         for source in sources:
+            if time.time() > until:
+                break
             statuses.append(e.evaluate(task, source, "triton", time_it=True).status)
             done_at.append(time.time())
+    if not done_at:
+        return {"evaluated": 0}
     span = done_at[-1] - started
     steady = done_at[-1] - done_at[0]
-    return {"evaluated": len(sources), "span_s": span, "per_gpu_min": 60 * len(sources) / span,
+    return {"evaluated": len(done_at), "span_s": span, "per_gpu_min": 60 * len(done_at) / span,
             "first_s": done_at[0] - started,
-            "steady_per_gpu_min": 60 * (len(sources) - 1) / steady if len(sources) > 1 and steady > 0 else None,
+            "steady_per_gpu_min": 60 * (len(done_at) - 1) / steady if len(done_at) > 1 and steady > 0 else None,
             "statuses": {s: statuses.count(s) for s in set(statuses)}}
 
 
@@ -119,6 +124,7 @@ def main() -> None:
     ap.add_argument("--samplers", type=int, default=4)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--deadline", type=float, default=220.0, help="seconds for the whole run")
+    ap.add_argument("--alone-reserve", type=float, default=30.0, help="seconds kept for the evaluator-alone runs")
     args = ap.parse_args()
     t_start = time.time()
     home = args.out / "home"
@@ -127,23 +133,21 @@ def main() -> None:
     tasks = [t for t in args.tasks.split(",") if t]
     reports = []
     for i, task in enumerate(tasks):
-        left = args.deadline - (time.time() - t_start)
-        share = left / (len(tasks) - i) * 0.7  # keep time for the evaluator-alone runs
+        # Equal shares of what is left, less a reserve for one evaluator-alone run.
+        share = (args.deadline - args.alone_reserve - (time.time() - t_start)) / (len(tasks) - i)
         if share < 20:
             reports.append({"task": task, "error": "not run: out of time"})
             continue
         rc, started = run_optimize(task, args.budget, args.samplers, home, args.out / f"optimize-{task}.log", share)
         report = job_report(db_url, task, started)
-        report["optimize_rc"] = rc
-        report["optimize_wall_s"] = time.time() - started
+        report.update(optimize_rc=rc, optimize_wall_s=time.time() - started, optimize_timeout_s=share)
         reports.append(report)
         print(f"[{time.time() - t_start:.0f}s] {task}: rc {rc}, {report.get('evaluated')} evaluated", flush=True)
     for report in reports:
-        left = args.deadline - (time.time() - t_start)
-        if report.get("sources") and left > 15 + 3 * len(report["sources"]):
-            report["evaluator_alone"] = evaluator_alone(report["task"], report["sources"])
-        else:
-            report["evaluator_alone"] = None
+        # The evaluator alone on the same sources, cut at the deadline (None: no time left to start).
+        fits = report.get("sources") and time.time() - t_start < args.deadline - 15
+        report["evaluator_alone"] = (evaluator_alone(report["task"], report["sources"], t_start + args.deadline)
+                                     if fits else None)
     for report in reports:
         report.pop("sources", None)
     (args.out / "service.json").write_text(json.dumps({"reports": reports, "wall_s": time.time() - t_start},

@@ -35,14 +35,15 @@ FIXTURES_WARM = [
     ("writes_inputs", "triton", False, "incorrect"), ("cached_result", "triton", False, "incorrect"),
     ("uninitialized_output", "triton", False, "incorrect"), ("wrong_shape", "triton", False, "incorrect"),
     ("wrong_dtype", "triton", False, "incorrect"), ("forbidden_direct", "triton", False, "rejected"),
-    ("forbidden_alias", "triton", False, "rejected"), ("starts_thread", "triton", False, "rejected"),
+    ("forbidden_alias", "triton", False, "rejected"), ("forbidden_dynamic", "triton", False, "rejected"),
+    ("starts_thread", "triton", False, "rejected"),
     ("patches_timer", "triton", False, "rejected"), ("syntax_error", "triton", False, "compile_error"),
     ("missing_entry", "triton", False, "compile_error"), ("too_much_memory", "triton", False, "runtime_error"),
     ("cuda_compile_error", "cuda", False, "compile_error"), ("cuda_ok", "cuda", True, "correct"),
     ("gpu_side_stream", "triton", True, "rejected"),
 ]
 FIXTURES_RESTARTING = [
-    ("forbidden_dynamic", "triton", False, "rejected"), ("gpu_illegal_access", "triton", False, "runtime_error"),
+    ("patches_timer_dynamic", "triton", False, "rejected"), ("gpu_illegal_access", "triton", False, "runtime_error"),
     ("SEED", "triton", False, "correct"), ("crash_out_of_bounds", "triton", False, "runtime_error"),
     ("infinite_loop", "triton", False, "timeout"), ("SEED", "triton", False, "correct"),
 ]
@@ -76,7 +77,7 @@ class Run:
         self.out = out
         self.deadline = time.monotonic() + budget_s
         self.log = (out / "harness.jsonl").open("a")
-        self.evaluator = Evaluator(gpu, Timeouts(start=180, compile=20, verify=60, baselines=240, time=120))
+        self.evaluator = Evaluator(gpu, Timeouts(start=180, compile=12, verify=60, baselines=240, time=120))
 
     def left(self) -> float:
         return self.deadline - time.monotonic()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import sys
 import time
 from typing import Optional
 
@@ -62,9 +61,8 @@ def _fmt(x: float | None, spec: str = ".2f", prefix: str = "") -> str:
 
 def _describe(p) -> str:
     rate = "-" if p.valid_rate is None else f"{p.valid_rate:.0%}"
-    speedup = p.best_speedup_eager if p.best_speedup_eager is not None else None
     return (f"job {p.id} {p.task} gen {p.generation} | evaluated {p.evaluated}/{p.proposed} | valid {rate} | "
-            f"best {_fmt(speedup, '.2f', 'x')} vs eager, {_fmt(p.best_speedup_seed, '.2f', 'x')} vs seed")
+            f"best {_fmt(p.best_speedup_eager, '.3g', 'x')} vs eager, {_fmt(p.best_speedup_seed, '.3g', 'x')} vs seed")
 
 
 def follow(job_id: int, services=None, poll_s: float = 0.5):
@@ -104,8 +102,8 @@ def print_leaderboard(task: str | None = None, device: str | None = None, top: i
         table.add_column(col, justify="right" if col in ("#", "vs eager", "vs compile", "vs seed", "% SOL",
                                                          "runtime ms", "job", "candidate") else "left")
     for r in rows:
-        table.add_row(r.task, str(r.rank), _fmt(r.speedup_eager, ".2f", "x"), _fmt(r.speedup_compile, ".2f", "x"),
-                      _fmt(r.speedup_seed, ".2f", "x"), _fmt(None if r.sol_fraction is None else 100 * r.sol_fraction, ".0f"),
+        table.add_row(r.task, str(r.rank), _fmt(r.speedup_eager, ".3g", "x"), _fmt(r.speedup_compile, ".3g", "x"),
+                      _fmt(r.speedup_seed, ".3g", "x"), _fmt(None if r.sol_fraction is None else 100 * r.sol_fraction, ".0f"),
                       _fmt(r.runtime_ms, ".4g"), r.device, r.strategy or "-", r.llm_model or "-",
                       str(r.job_id or "-"), str(r.candidate_id), r.language, r.date.strftime("%Y-%m-%d") if r.date else "-")
     if not rows:
@@ -236,7 +234,7 @@ def status(job: Optional[int] = typer.Argument(None, help="job id (default: the 
     for c in curve:
         table.add_row(str(c.generation), str(c.proposed), str(c.evaluated), str(c.valid),
                       _fmt(c.gen_best_runtime_ms, ".4g"), _fmt(c.best_runtime_ms, ".4g"),
-                      _fmt(c.best_speedup_eager, ".2f", "x"), _fmt(c.best_speedup_seed, ".2f", "x"))
+                      _fmt(c.best_speedup_eager, ".3g", "x"), _fmt(c.best_speedup_seed, ".3g", "x"))
     console.print(table)
 
 
@@ -256,7 +254,7 @@ def jobs(state: Optional[str] = typer.Option(None, help="queued|running|done|fai
     for p in rows:
         table.add_row(str(p.id), p.task, p.strategy, p.state, str(p.generation), f"{p.calls_used}/{p.budget}",
                       str(p.evaluated), "-" if p.valid_rate is None else f"{p.valid_rate:.0%}",
-                      _fmt(p.best_speedup_eager, ".2f", "x"), p.created_at.strftime("%Y-%m-%d %H:%M"))
+                      _fmt(p.best_speedup_eager, ".3g", "x"), p.created_at.strftime("%Y-%m-%d %H:%M"))
     console.print(table)
 
 

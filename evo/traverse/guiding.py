@@ -15,6 +15,7 @@ import inspect
 import random
 import textwrap
 from dataclasses import dataclass
+from functools import lru_cache
 
 from baselines import get_task
 from evo.strategies.base import JobInfo, Member
@@ -67,14 +68,19 @@ def timing_line(t: dict) -> str:
 def task_context(job: JobInfo) -> dict:
     """The stable part of I1: identical for every prompt of a job."""
     task = get_task(job.task)
-    try:
-        reference = textwrap.dedent(inspect.getsource(task.reference)).strip("\n")
-    except (OSError, TypeError):
-        reference = None
+    reference = reference_source(job.task)
     shapes = [" ".join(f"{k}={v}" for k, v in s.items()) for s in task.shapes]
     return {"name": task.name, "description": task.description, "signature": task.signature,
             "shapes": shapes, "dtypes": [str(d).removeprefix("torch.") for d in task.dtypes],
             "forbidden": list(task.forbidden), "reference": reference, "device": device_words(job.device)}
+
+
+@lru_cache(maxsize=None)
+def reference_source(task_name: str) -> str | None:
+    try:
+        return textwrap.dedent(inspect.getsource(get_task(task_name).reference)).strip("\n")
+    except (OSError, TypeError):  # defined somewhere without source (a lambda in a REPL)
+        return None
 
 
 def device_words(device: str) -> str:

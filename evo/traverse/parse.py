@@ -75,6 +75,7 @@ def parse_reply(text: str | None, *, language: str = "triton", arity: int | None
     """`language` is the job's (triton | cuda | both); `arity` the task's number of inputs."""
     if not text or not text.strip():
         return ParsedReply(None, error="the reply is empty")
+    text = text.replace("\r\n", "\n")
     had_think = "<think>" in text.lower()
     text = _THINK.sub("", text)
     if had_think and "<think>" in text.lower():

@@ -117,8 +117,8 @@ class JobSubmit(BaseModel):
     strategy: str = Field(min_length=1, max_length=64, json_schema_extra=lambda s: s.update(enum=list(STRATEGIES)))
     budget: int = Field(ge=1, le=100_000, description="LLM calls (for `tune`: candidates proposed)")
     language: Literal["triton", "cuda", "both"] = "triton"
-    llm_model: str | None = Field(None, max_length=200)
-    llm_endpoint: str | None = Field(None, max_length=500)
+    # The endpoint is the server's (EVO_LLM_BASE_URL): a client must not point the server at any URL.
+    llm_model: str | None = Field(None, max_length=200, description="default: the server's EVO_LLM_MODEL")
     config: dict[str, Any] = Field(default_factory=dict, description="population size, samplers, seed, temperature...")
 
     @model_validator(mode="after")
@@ -190,7 +190,9 @@ class CandidateOut(BaseModel):
     created_at: UTCDateTime
     source: str
     evaluations: list[EvaluationOut]
-    jobs: list[MembershipOut] = Field(description="the jobs that proposed it, with generation, operator and parents")
+    jobs: list[MembershipOut] = Field(description="the latest jobs (up to 20) that proposed it, with generation, "
+                                                  "operator and parents")
+    job_count: int = Field(description="all jobs that proposed it (a seed belongs to every job of its task)")
     child_ids: list[int]
 
 
@@ -239,7 +241,7 @@ def get_job(session: Session, job_id: int) -> Job:
 
 
 def job_detail(session: Session, job: Job) -> JobDetail:
-    return JobDetail(**vars(JobOut.model_validate(job_progress(session, job.id))),
+    return JobDetail(**JobOut.model_validate(job_progress(session, job.id)).model_dump(),
                      llm_endpoint=job.llm_endpoint, config=job.config or {},
                      generations=[GenerationOut.model_validate(p) for p in generation_curve(session, job.id)])
 
@@ -272,9 +274,6 @@ def submit(body: JobSubmit, request: Request, session: Session = Depends(get_ses
                          llm=body.llm_model, config=body.config, enqueue=False)
     except JobError as e:
         raise HTTPException(422, str(e)) from None
-    if body.llm_endpoint:
-        job.llm_endpoint = body.llm_endpoint
-        session.commit()
     celery, enqueued, note = producer(request), False, None
     if celery is None:
         note = f"no broker configured (EVO_BROKER_URL): the job stays queued; `evo resume {job.id}` starts it"
@@ -288,7 +287,7 @@ def submit(body: JobSubmit, request: Request, session: Session = Depends(get_ses
             enqueued = True
         except (ConfigError, OperationalError, OSError) as e:
             note = f"the broker did not take the job ({e}); it stays queued: `evo resume {job.id}` retries"
-    return SubmitOut(**vars(JobOut.model_validate(job_progress(session, job.id))), enqueued=enqueued, note=note)
+    return SubmitOut(**JobOut.model_validate(job_progress(session, job.id)).model_dump(), enqueued=enqueued, note=note)
 
 
 @router.get("/jobs", response_model=Page[JobOut], summary="List jobs with their progress, newest first")
@@ -359,6 +358,7 @@ def candidate_out(detail: queries.CandidateDetail) -> CandidateOut:
         jobs=[MembershipOut(job_id=m.job.id, strategy=m.job.strategy, generation=m.member.generation,
                             operator=m.member.operator, parent_ids=list(m.member.parent_ids or []),
                             llm_call_id=m.member.llm_call_id, island=m.member.island) for m in detail.memberships],
+        job_count=detail.job_count,
         child_ids=[n.candidate_id for n in detail.children])
 
 

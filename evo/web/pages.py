@@ -12,8 +12,8 @@ from pygments.lexers import PythonLexer
 from sqlalchemy.orm import Session
 
 from db.models import Candidate, Evaluation
-from evo.web import queries
 from evo.leaderboard import LeaderRow, best_kernels, distinct_values, list_jobs
+from evo.web import queries
 from evo.web.api import CandidateId, DeviceName, JobId, Offset, TaskName, cancel_or_conflict, get_job, job_detail
 from evo.web.app import check_token, get_session, templates
 from evo.web.plots import generation_plot
@@ -30,7 +30,7 @@ SORT_KEYS = {  # column -> (row attribute, larger is better)
     "runtime_ms": ("runtime_ms", False),
     "date": ("date", True),
 }
-Sort = Literal["speedup_eager", "speedup_compile", "speedup_seed", "sol_fraction", "runtime_ms", "date"]
+Sort = Literal[tuple(SORT_KEYS)]
 _formatter = HtmlFormatter(nowrap=False, linenos="table", cssclass="highlight")
 PYGMENTS_CSS = _formatter.get_style_defs(".highlight")
 
@@ -77,6 +77,12 @@ def job_page(request: Request, job_id: JobId, offset: Offset = 0, session: Sessi
         job=detail, plot=generation_plot(detail.generations), members=members, total=total, offset=offset,
         page_size=PAGE_SIZE, refresh_s=REFRESH_S if live else None, cancellable=live,
         message=request.query_params.get("message")))
+
+
+@router.get("/jobs/{job_id}/cancel")
+def cancel_page(request: Request, job_id: JobId, session: Session = Depends(get_session)):
+    """The form is on a page of its own: the live job page reloads and would lose a typed token."""
+    return templates.TemplateResponse(request, "cancel.html", dict(job=get_job(session, job_id)))
 
 
 @router.post("/jobs/{job_id}/cancel")

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from db.models import Candidate, Evaluation, Job, JobCandidate, LLMCall
 
 LINEAGE_DEPTH = 4  # ancestor levels shown; deeper lineages are cut with a "…" marker
+MAX_JOBS = 20  # jobs shown per candidate, the latest ones
 
 
 def count_jobs(session: Session, state: str | None = None, task: str | None = None) -> int:
@@ -81,7 +82,8 @@ class Membership:
 class CandidateDetail:
     candidate: Candidate
     evaluations: list[Evaluation]
-    memberships: list[Membership]
+    memberships: list[Membership]  # the latest MAX_JOBS
+    job_count: int  # all jobs that proposed it
     ancestors: list[LineageNode]  # the parents, each holding its own parents
     children: list[LineageNode]
 
@@ -108,11 +110,14 @@ def candidate_detail(session: Session, candidate_id: int) -> CandidateDetail | N
         return None
     evaluations = session.scalars(select(Evaluation).where(Evaluation.candidate_id == candidate_id)
                                   .order_by(Evaluation.id)).all()
+    # A seed is a member of every job of its task: show (and search for lineage) the latest few.
     memberships = [Membership(job, member, call) for member, job, call in session.execute(
         select(JobCandidate, Job, LLMCall).join(Job, Job.id == JobCandidate.job_id)
         .outerjoin(LLMCall, LLMCall.id == JobCandidate.llm_call_id)
-        .where(JobCandidate.candidate_id == candidate_id).order_by(JobCandidate.id)
-    )]
+        .where(JobCandidate.candidate_id == candidate_id).order_by(JobCandidate.id.desc()).limit(MAX_JOBS)
+    )][::-1]
+    job_count = session.scalar(select(func.count()).select_from(JobCandidate)
+                                .where(JobCandidate.candidate_id == candidate_id))
     # Lineage lives inside the jobs that proposed this candidate: their members' parent_ids.
     job_ids = {m.job.id for m in memberships}
     members = session.execute(
@@ -151,5 +156,6 @@ def candidate_detail(session: Session, candidate_id: int) -> CandidateDetail | N
         return n
 
     ancestors = [with_parents(p, 1, frozenset({candidate_id, p})) for p in parents_of.get(candidate_id, [])]
-    return CandidateDetail(candidate, list(evaluations), memberships, ancestors, [leaf(c) for c in children_ids])
+    return CandidateDetail(candidate, list(evaluations), memberships, job_count, ancestors,
+                           [leaf(c) for c in children_ids])
 

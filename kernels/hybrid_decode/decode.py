@@ -93,7 +93,7 @@ def _merge_kernel(
     stride_ob, stride_oh, stride_sb, stride_sh,
     n_slots, max_blocks, n_splits,
     HKV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, P: tl.constexpr, D: tl.constexpr,
-    BLOCKS_PER_SPLIT: tl.constexpr, SCORES: tl.constexpr, SCORE_BLOCK: tl.constexpr,
+    BLOCKS_PER_SPLIT: tl.constexpr, SCORES: tl.constexpr, SCORE_BLOCK: tl.constexpr, SPLIT_CHUNK: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // HKV
@@ -105,20 +105,27 @@ def _merge_kernel(
     offs_g = tl.arange(0, G_PAD)
     offs_d = tl.arange(0, D)
     gmask = offs_g < G
+    # SPLIT_CHUNK splits at a time (many loads in flight): a long retrieval head has hundreds.
+    n_used = tl.cdiv(n_work, BLOCKS_PER_SPLIT)
+    offs_s = tl.arange(0, SPLIT_CHUNK)
     m = tl.full([G_PAD], -float("inf"), tl.float32)
+    for s0 in range(0, n_used, SPLIT_CHUNK):
+        sp = s0 + offs_s
+        lse = tl.load(lse_part_ptr + ((bh * n_splits + sp) * G)[:, None] + offs_g[None, :],
+                      mask=(sp[:, None] < n_used) & gmask[None, :], other=-float("inf"))
+        m = tl.maximum(m, tl.max(lse, 0))
+    m = tl.where(m == -float("inf"), 0.0, m)  # a head with no token at all
     l = tl.zeros([G_PAD], tl.float32)
     acc = tl.zeros([G_PAD, D], tl.float32)
-    for split in range(0, tl.cdiv(n_work, BLOCKS_PER_SPLIT)):
-        part = bh * n_splits + split
-        lse = tl.load(lse_part_ptr + part * G + offs_g, mask=gmask, other=-float("inf"))
-        o = tl.load(o_part_ptr + (part * G + offs_g)[:, None] * D + offs_d[None, :], mask=gmask[:, None], other=0.0)
-        m_new = tl.maximum(m, lse)
-        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)  # a split that saw no token
-        alpha = tl.exp2(m - m_safe)
-        w = tl.exp2(lse - m_safe)
-        l = l * alpha + w
-        acc = acc * alpha[:, None] + w[:, None] * o
-        m = m_new
+    for s0 in range(0, n_used, SPLIT_CHUNK):
+        sp = s0 + offs_s
+        live = (sp[:, None] < n_used) & gmask[None, :]
+        w = tl.exp2(tl.load(lse_part_ptr + ((bh * n_splits + sp) * G)[:, None] + offs_g[None, :],
+                            mask=live, other=-float("inf")) - m[None, :])  # [SPLIT_CHUNK, G_PAD]
+        o = tl.load(o_part_ptr + (((bh * n_splits + sp) * G)[:, None, None] + offs_g[None, :, None]) * D
+                    + offs_d[None, None, :], mask=live[:, :, None], other=0.0)
+        l += tl.sum(w, 0)
+        acc += tl.sum(w[:, :, None] * o, 0)
     l_safe = tl.where(l > 0, l, 1.0)
     tl.store(o_ptr + b * stride_ob + (h * G + offs_g)[:, None] * stride_oh + offs_d[None, :],
              (acc / l_safe[:, None]).to(o_ptr.dtype.element_ty), mask=gmask[:, None])
@@ -139,7 +146,8 @@ BLOCKS_PER_SPLIT = 32  # tunable: 8, 16, 32, 64, 128
 TILE_PAGES = 2  # tunable: 1, 2, 4
 NUM_WARPS = 4  # tunable: 2, 4, 8
 NUM_STAGES = 3  # tunable: 1, 2, 3, 4
-SCORE_BLOCK = 256  # tunable: 128, 256, 512
+SCORE_BLOCK = 1024  # tunable: 256, 512, 1024, 2048
+SPLIT_CHUNK = 16  # tunable: 4, 8, 16, 32
 
 
 def split_size(batch, max_blocks, device):
@@ -187,7 +195,8 @@ def hybrid_decode(q, k_cache, v_cache, block_table, seq_lens, is_retrieval, indi
         o_part, lse_part, block_lse, seq_lens, is_retrieval, o, out_scores,
         o.stride(0), o.stride(1), out_scores.stride(0), out_scores.stride(1), n_slots, max_blocks, n_splits,
         HKV=Hkv, G=G, G_PAD=triton.next_power_of_2(G), P=P, D=D, BLOCKS_PER_SPLIT=bps,
-        SCORES=scores, SCORE_BLOCK=min(SCORE_BLOCK, triton.next_power_of_2(max_blocks)), num_warps=4)
+        SCORES=scores, SCORE_BLOCK=min(SCORE_BLOCK, triton.next_power_of_2(max_blocks)),
+        SPLIT_CHUNK=SPLIT_CHUNK, num_warps=4)
     return o, (out_scores if scores else None)
 
 

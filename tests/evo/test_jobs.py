@@ -1,5 +1,5 @@
 """Job validation, cancel/resume rules, the leaderboard queries, and the CLI's bad-input exits."""
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 from sqlalchemy import func, select

@@ -4,7 +4,6 @@ Every wait polls the database with a deadline. Limits are short (conftest.Cluste
 of a dead worker comes back after ~16 s (the visibility timeout).
 """
 import socket
-import subprocess
 
 from sqlalchemy import select
 
@@ -141,3 +140,14 @@ def test_resume_after_the_control_process_died(cluster, poll, cli, redis_url):
     assert len(rows) == 5
     for cid, (status, attempts, finished_at) in before.items():  # finished work was not repeated
         assert (rows[cid].status, rows[cid].attempts, rows[cid].finished_at) == (status, attempts, finished_at)
+
+    # Late and duplicate control messages change nothing.
+    end = job(job_id)
+    late = [cluster.app.send_task("evo.orchestrate.advance", args=(job_id, 1), queue="control"),
+            cluster.app.send_task("evo.orchestrate.start", args=(job_id,), queue="control"),
+            cluster.app.send_task("evo.orchestrate.resume", args=(job_id,), queue="control")]
+    assert [r.get(timeout=60) for r in late] == ["stale", "not running", "not running"]
+    after = job(job_id)
+    assert (after.state, after.generation, after.calls_used, after.best_candidate_id) == (
+        end.state, end.generation, end.calls_used, end.best_candidate_id)
+    assert members(job_id).keys() == rows.keys()

@@ -27,6 +27,8 @@ def test_job_detail_has_progress_and_curve(client, data):
     assert (gens[1]["proposed"], gens[1]["evaluated"], gens[1]["valid"]) == (2, 2, 1)
     assert gens[1]["best_speedup_eager"] == pytest.approx(1.5) and gens[1]["valid_rate"] == pytest.approx(0.5)
     assert (gens[2]["proposed"], gens[2]["evaluated"], gens[2]["best_candidate_id"]) == (2, 1, data["fastest"])
+    llm_job = client.get(f"/api/jobs/{data['job_b']}").json()
+    assert (llm_job["llm_model"], llm_job["llm_endpoint"], llm_job["state"]) == ("qwen3-coder", "http://llm.local/v1", "running")
     listed = client.get("/api/jobs", params={"task": "softmax", "state": "done"}).json()["items"]
     assert {j["id"]: j["valid"] for j in listed} == {data["job_a"]: 3}
 
@@ -112,3 +114,22 @@ def test_openapi_schema_documents_the_api(client):
     post = schema["paths"]["/api/jobs"]["post"]
     assert post["security"] == [{"HTTPBearer": []}] and "401" in post["responses"]
     assert "get" in schema["paths"]["/api/jobs"] and "security" not in schema["paths"]["/api/jobs"]["get"]
+
+
+def test_candidate_in_many_jobs_shows_the_latest(client, session_factory, data, monkeypatch):
+    """A seed belongs to every job of its task: the detail lists the latest MAX_JOBS and counts all."""
+    from db.models import Job, JobCandidate
+    from evo.web import queries
+    monkeypatch.setattr(queries, "MAX_JOBS", 2)
+    with session_factory() as s:
+        jobs = [Job(task="softmax", strategy="tune", budget=1, state="done") for _ in range(3)]
+        s.add_all(jobs)
+        s.flush()
+        s.add_all(JobCandidate(job_id=j.id, candidate_id=data["seed"], generation=0, operator="seed") for j in jobs)
+        s.commit()
+    c = client.get(f"/api/candidates/{data['seed']}").json()
+    assert c["job_count"] >= 4 and [j["job_id"] for j in c["jobs"]] == [jobs[1].id, jobs[2].id]
+    with session_factory() as s:  # leave the shared data as it was
+        for j in jobs:
+            s.delete(s.get(Job, j.id))
+        s.commit()

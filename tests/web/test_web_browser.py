@@ -65,3 +65,15 @@ def test_leaderboard_and_job_page_in_chromium(server, page):
     page.click('form.filters button[type="submit"]')
     page.wait_for_url("**task=rmsnorm**")
     assert page.locator("table.leaderboard").count() == 2  # rmsnorm on the H200 and on the CPU interpreter
+
+
+def test_cancel_a_live_job_in_chromium(server, page):
+    page.goto(server + "/jobs")
+    page.locator("tr", has=page.locator("span.state-running")).locator("td a").first.click()
+    page.wait_for_url("**/jobs/*")
+    assert page.locator("#job-state").inner_text() == "running"
+    page.click("a.cancel")
+    page.fill('input[name="token"]', "browser-token")
+    page.click('form.cancel button[type="submit"]')
+    page.wait_for_url("**message=cancelled")
+    assert page.locator("#job-state").inner_text() == "cancelled"

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from workers.harness.static_checks import check
 from workers.protocol import CPU_DEVICE
 from workers.sandbox import Evaluator, Timeouts
 
@@ -61,10 +62,12 @@ def test_fixture_verdict(evaluator, name, status, words):
 
 def test_forbidden_op_reached_dynamically_is_caught_at_run_time(evaluator):
     source = fixture("forbidden_dynamic")
-    from workers.harness.static_checks import check
     assert check(source, ("torch.softmax", "torch.nn.functional.softmax")) == []  # the scan cannot see it
+    evaluator.evaluate("softmax", SEED, time_it=False)
+    pid = evaluator.pid
     r = evaluator.evaluate("softmax", source, time_it=False)
     assert r.status == "rejected" and "torch.nn.functional.softmax" in r.error
+    assert evaluator.pid == pid  # calling a forbidden op alters nothing: the process stays
 
 
 def test_endless_loop_times_out_and_the_next_evaluation_works(evaluator):
@@ -94,10 +97,13 @@ def test_memory_blowup_is_a_clear_runtime_error_and_the_process_survives(evaluat
     assert evaluator.pid == pid  # a refused allocation does not need a new process
 
 
-def test_tampering_replaces_the_process(evaluator):
+def test_runtime_patching_is_rejected_and_replaces_the_process(evaluator):
+    source = fixture("patches_timer_dynamic")
+    assert check(source) == []  # the scan cannot resolve the patched name
     evaluator.evaluate("softmax", SEED, time_it=False)
     pid = evaluator.pid
-    assert evaluator.evaluate("softmax", fixture("forbidden_dynamic"), time_it=False).status == "rejected"
+    r = evaluator.evaluate("softmax", source, time_it=False)
+    assert r.status == "rejected" and "patched torch.cuda.synchronize" in r.error
     assert evaluator.evaluate("softmax", SEED, time_it=False).status == "correct"
     assert evaluator.pid != pid
 

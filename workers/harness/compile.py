@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 NVCC_ARGS = ("-arch=sm_90", "-cubin", "-std=c++17")
+_NVRTC_TEMP_FILE = re.compile(r"/\S*?[0-9a-f]{40}\.cubin\.cu")
 
 
 class CandidateCompileError(Exception):
@@ -61,6 +63,7 @@ def candidate_traceback(exc: BaseException, candidate_file: str, limit_chars: in
     lines = [f"  line {f.lineno}, in {f.name}: {f.line}" for f in frames[-5:]]
     text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     text = text.replace(candidate_file, "candidate.py")
+    text = _NVRTC_TEMP_FILE.sub("candidate.cu", text)  # CuPy compiles from a temp file named by hash
     out = (("\n".join(lines) + "\n") if lines else "") + text
     return out if len(out) <= limit_chars else out[: limit_chars // 2] + "\n...\n" + out[-limit_chars // 2:]
 

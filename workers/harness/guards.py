@@ -27,7 +27,12 @@ from torch.overrides import TorchFunctionMode
 
 
 class GuardViolation(Exception):
-    """A runtime check failed: the candidate is rejected and the process replaced."""
+    """A runtime check failed: the candidate is rejected. `restart` when the process's state
+    may be altered (patched functions, threads, processes), so it must be replaced."""
+
+    def __init__(self, message: str, restart: bool = False):
+        super().__init__(message)
+        self.restart = restart
 
 
 def resolve(dotted: str):
@@ -75,10 +80,11 @@ def _watched_namespaces() -> dict[str, object]:
     return spaces
 
 
-# Audit events a kernel launcher has no business raising. (Not "open" or "subprocess.Popen":
-# Triton's own compiler reads its cache and runs ptxas during a candidate's first call.)
-_AUDITED = ("socket.", "os.system", "os.fork", "os.forkpty", "os.kill", "os.killpg", "os.posix_spawn",
-            "os.exec", "os.spawn", "pty.spawn", "urllib.Request")
+# Audit events a kernel launcher has no business raising. (Not "open", "subprocess.Popen" or
+# "os.posix_spawn": Triton's own compiler reads its cache and runs ptxas during a candidate's
+# calls, through posix_spawn on Python 3.12.)
+_AUDITED = ("socket.", "os.system", "os.fork", "os.forkpty", "os.kill", "os.killpg", "os.exec", "os.spawn",
+            "pty.spawn", "urllib.Request")
 
 
 class Guard:
@@ -164,21 +170,20 @@ class Guard:
                 yield
         finally:
             self._active = False
-            problems = []
+            tampering = []  # what may have altered the process: it gets replaced
             if self._events:
-                problems.append(f"used {', '.join(sorted(set(self._events)))}: no processes, signals or network")
-            if mode is not None and mode.hits:
-                problems.append(f"called {', '.join(sorted(set(mode.hits)))}, which this task forbids")
+                tampering.append(f"used {', '.join(sorted(set(self._events)))}: no processes, signals or network")
             patched = self.patched()
             if patched:
-                problems.append(f"patched {', '.join(patched[:5])} (timers, synchronize and library functions must stay untouched)")
+                tampering.append(f"patched {', '.join(patched[:5])} (timers, synchronize and library functions must stay untouched)")
             py_after, native_after = self._threads()
             if py_after - py_before or self.threads_started > started_before:
                 n = max(len(py_after - py_before), self.threads_started - started_before)
-                problems.append(f"started {n} Python thread(s); a candidate must not start threads")
+                tampering.append(f"started {n} Python thread(s); a candidate must not start threads")
             elif check_native_threads and native_after > native_before:
-                problems.append(f"started {native_after - native_before} native thread(s); a candidate must not start threads")
+                tampering.append(f"started {native_after - native_before} native thread(s); a candidate must not start threads")
             if self._stream() != stream_before:
-                problems.append("changed the current CUDA stream; launch on torch.cuda.current_stream() only")
-            if problems:
-                raise GuardViolation("; ".join(problems))
+                tampering.append("changed the current CUDA stream; launch on torch.cuda.current_stream() only")
+            forbidden = [f"called {', '.join(sorted(set(mode.hits)))}, which this task forbids"] if mode is not None and mode.hits else []
+            if forbidden or tampering:
+                raise GuardViolation("; ".join(forbidden + tampering), restart=bool(tampering))

@@ -143,7 +143,7 @@ class Harness:
         except Verdict as v:
             result.status, result.error, restart = v.status, v.error, v.restart
         except GuardViolation as g:
-            result.status, result.error, restart = "rejected", str(g), True
+            result.status, result.error, restart = "rejected", str(g), g.restart
         finally:
             result.phases = phases  # the model holds a copy of the dict it was built with
             unload_module(module_name)

@@ -100,6 +100,11 @@ def test_the_last_complete_version_wins_and_defaults_are_accepted():
     assert parsed.error is None and "x + 0" in parsed.code and "return x\n" not in parsed.code
 
 
+def test_windows_line_endings():
+    parsed = parse_reply("NAME: crlf\r\n```python\r\ndef entry(x):\r\n    return x\r\n```\r\n", arity=1)
+    assert parsed.error is None and parsed.name == "crlf" and "\r" not in parsed.code
+
+
 def test_signature_arity():
     assert signature_arity("entry(x: Tensor[M, N]) -> Tensor[M, N]") == 1
     assert signature_arity("entry(q: Tensor[B, H, T, D], k: Tensor, v: Tensor, scale: float) -> (Tensor, Tensor)") == 4
