@@ -11,7 +11,6 @@ Bounds: 4.3 TB/s copy bandwidth and 790 TFLOP/s dense bf16, both measured on thi
 """
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -108,7 +107,7 @@ def mlstm_rows(out, name, fn, layout="bhtd", chunks=(None,)):
                 emit(out, table="mlstm", impl=label, T=t, mode="fwd+bwd", ms=ms, bound_ms=mlstm_bound_ms(t, "fwd+bwd"))
             except Exception as e:  # noqa: BLE001 - a failing peer is a result to report
                 emit(out, table="mlstm", impl=label, T=t, mode="error", error=f"{type(e).__name__}: {e}"[:300])
-            del xs
+            xs = None
             torch.cuda.empty_cache()
 
 
@@ -291,12 +290,13 @@ def group_mlstm_parts(out):
 
 def group_race_parts(out):
     import math
+    import torch
     import triton
     from kernels.race import chunk_bwd, chunk_fwd
     t = 1 << 22
     q, k, v, w = race_inputs(t, 3, 3)
     o, den, sums, counts = chunk_fwd.race_fwd(q, k, v, w)
-    do = torch_randn_like(o)
+    do = torch.randn_like(o)
     wt, consts = chunk_fwd.hash_layout(w)
     seg_len = chunk_fwd.segment_length(t, 4, chunk_fwd.CHUNK)
     n_seg = triton.cdiv(t, seg_len)
@@ -320,11 +320,6 @@ def group_race_parts(out):
     }
     for name, fn in parts.items():
         emit(out, table="parts", impl=f"race P3L3 {name}", T=t, ms=bench(fn))
-
-
-def torch_randn_like(x):
-    import torch
-    return torch.randn_like(x)
 
 
 # ---------------- correctness on the GPU ----------------

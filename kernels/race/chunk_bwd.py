@@ -8,7 +8,7 @@ g = dL/do:  dn_t = g_t / den_t,  dd_t = -(g_t . o_t) / den_t,  dA_tj = dn_t . v_
 - dphi(k_j) = sum_{t>=j} dA_tj phi(q_t) = D_j v_j + E_j and dv_j = sum_{t>=j} a_tj dn_t
   = D_j^T phi(k_j), with D_j = sum_{t>=j} phi(q_t) dn_t^T and E_j = sum_{t>=j} dd_t phi(q_t):
   a reverse scan, segment suffix sums first (`_race_bwd_segment_sums`, then `_race_bwd_dkdv`).
-The hash backward runs in registers too, as the transposed products of the forward hash.
+The hash backward runs in registers too: phi = prod_p f_p with f_p = sigmoid(+-2 beta t_p).
 The hyperplanes get no gradient: they are RACE's fixed random projections.
 """
 import math
@@ -17,20 +17,36 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.race.chunk_fwd import (CHUNK, NUM_STAGES, NUM_WARPS, _corner_signs, _same_table, _soft_hash, check_inputs, hash_layout,
+from kernels.race.chunk_fwd import (CHUNK, NUM_STAGES, NUM_WARPS, _soft_hash, check_inputs, hash_layout,
                                     segment_length, starting_sums)
 
 
 @triton.jit
 def _soft_hash_bwd(x, wt, dphi, beta, P: tl.constexpr, L: tl.constexpr, P_PAD: tl.constexpr,
                    L_PAD: tl.constexpr, R: tl.constexpr):
-    """dL/dx (C, D) fp32 from dL/dphi (C, L_PAD * R), recomputing the hash of x: through each table's
-    softmax (phi * (dphi - sum_table(phi * dphi))), the corner signs, tanh and the projection."""
-    phi, t = _soft_hash(x, wt, beta, P, L, P_PAD, L_PAD, R)
-    g = phi * dphi
-    dlogits = g - phi * tl.dot(g, _same_table(L_PAD, R), input_precision="tf32x3")
-    dt = beta * tl.dot(dlogits, tl.trans(_corner_signs(P, L_PAD, R, P_PAD * L_PAD)), input_precision="tf32x3")
-    return tl.dot(dt * (1.0 - t * t), tl.trans(wt))
+    """dL/dx (C, D) fp32 from dL/dphi (C, L_PAD * R), recomputing the hash of x."""
+    C: tl.constexpr = x.shape[0]
+    u = tl.dot(x, wt.to(x.dtype))
+    t = 1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)
+    t3 = tl.reshape(t, (C, P_PAD, L_PAD))
+    p_idx = tl.arange(0, P_PAD)[None, :, None]
+    r_idx = tl.arange(0, R)[None, None, :]
+    phi = tl.full((C, L_PAD, R), 1.0, tl.float32)
+    for p in tl.static_range(P):
+        a = tl.sigmoid(2.0 * beta * tl.sum(tl.where(p_idx == p, t3, 0.0), axis=1))[:, :, None]
+        phi *= tl.where(((r_idx >> p) & 1) == 1, a, 1.0 - a)
+    grad = tl.reshape(dphi, (C, L_PAD, R)) * phi  # dL/dlog(phi), zero in padded tables as dphi is
+    grad = tl.where(tl.arange(0, L_PAD)[None, :, None] < L, grad, 0.0)
+    du = tl.zeros((C, P_PAD, L_PAD), tl.float32)
+    for p in tl.static_range(P):
+        t_p = tl.sum(tl.where(p_idx == p, t3, 0.0), axis=1)
+        a = tl.sigmoid(2.0 * beta * t_p)
+        bit = ((r_idx >> p) & 1) == 1
+        # d log f_p / d a: 1/a where the corner's bit is set, -1/(1 - a) where not
+        da = tl.sum(grad * tl.where(bit, 1.0 / a[:, :, None], -1.0 / (1.0 - a[:, :, None])), axis=2)
+        du_p = da * (2.0 * beta) * a * (1.0 - a) * (1.0 - t_p * t_p)
+        du += tl.where(p_idx == p, du_p[:, None, :], 0.0)
+    return tl.dot(tl.reshape(du, (C, P_PAD * L_PAD)), tl.trans(wt))
 
 
 @triton.jit
@@ -63,8 +79,7 @@ def _race_bwd_dq(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, den_ptr, wt_ptr, sums_ptr, 
         o = tl.load(o_ptr + rows[:, None] * DV + cv[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
         do = tl.load(do_ptr + rows[:, None] * DV + cv[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
         den = tl.load(den_ptr + rows, mask=valid, other=1.0)
-        phk, _ = _soft_hash(k, wt, beta, P, L, P_PAD, L_PAD, R)
-        phk = tl.where(valid[:, None], phk, 0.0).to(v.dtype)
+        phk = tl.where(valid[:, None], _soft_hash(k, wt, beta, P, L, P_PAD, L_PAD, R), 0.0).to(v.dtype)
         dn = do / den[:, None]
         dd = -tl.sum(do * o, axis=1) / den
         dphq = tl.dot(dn, tl.trans(sums)) + dd[:, None] * counts[None, :]
@@ -99,8 +114,7 @@ def _race_bwd_segment_sums(q_ptr, o_ptr, do_ptr, den_ptr, wt_ptr, dsums_ptr, dco
         o = tl.load(o_ptr + rows[:, None] * DV + cv[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
         do = tl.load(do_ptr + rows[:, None] * DV + cv[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
         den = tl.load(den_ptr + rows, mask=valid, other=1.0)
-        phq, _ = _soft_hash(q, wt, beta, P, L, P_PAD, L_PAD, R)
-        phq = phq.to(q.dtype).to(tl.float32)
+        phq = _soft_hash(q, wt, beta, P, L, P_PAD, L_PAD, R).to(q.dtype).to(tl.float32)
         dn = do / den[:, None]
         dd = -tl.sum(do * o, axis=1) / den
         dsums += tl.dot(tl.trans(phq), dn)
@@ -143,10 +157,8 @@ def _race_bwd_dkdv(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, den_ptr, wt_ptr, dsums_pt
         o = tl.load(o_ptr + rows[:, None] * DV + cv[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
         do = tl.load(do_ptr + rows[:, None] * DV + cv[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
         den = tl.load(den_ptr + rows, mask=valid, other=1.0)
-        phq, _ = _soft_hash(q, wt, beta, P, L, P_PAD, L_PAD, R)
-        phq = phq.to(v.dtype)
-        phk, _ = _soft_hash(k, wt, beta, P, L, P_PAD, L_PAD, R)
-        phk = phk.to(v.dtype)
+        phq = _soft_hash(q, wt, beta, P, L, P_PAD, L_PAD, R).to(v.dtype)
+        phk = _soft_hash(k, wt, beta, P, L, P_PAD, L_PAD, R).to(v.dtype)
         dn = do / den[:, None]  # zero on padded rows, so they add nothing below
         dd = -tl.sum(do * o, axis=1) / den
         dv = tl.dot(phk.to(tl.float32), dsums)

@@ -9,9 +9,8 @@ use only B*H of the GPU's programs, so the sequence is cut into segments.
   2. an exclusive prefix over segments (torch; a few KB per segment).
   3. `_race_fwd_chunks`: each segment scans its chunks from its prefix state:
      o = (mask(phi(q) phi(k)^T) v + phi(q) B) / (rowsum(mask(phi(q) phi(k)^T)) + phi(q) . A).
-phi never leaves the chip: q and k are hashed in registers as three small matrix products:
-t = tanh(x W^T), the corner logits beta * t @ V (V: the corners' signs), and each table's softmax
-normalizer exp(logits) @ G (G: ones within a table).
+phi never leaves the chip: q and k are hashed in registers (x @ W^T, tanh, and the corner
+softmax as a product of sigmoids: softmax_r(beta t . v_r) = prod_p sigmoid(2 beta v_r[p] t_p)).
 """
 import math
 
@@ -26,37 +25,21 @@ TARGET_PROGRAMS = 1024  # tunable: 264, 528, 1024, 2048
 
 
 @triton.jit
-def _tanh(u):
-    return 1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)
-
-
-@triton.jit
-def _corner_signs(P: tl.constexpr, L_PAD: tl.constexpr, R: tl.constexpr, HW: tl.constexpr):
-    """(HW, S) matrix V: row j = p * L_PAD + l, column s = l * R + r holds corner r's sign for hyperplane p
-    of table l (+1 where bit p of r is set, else -1), 0 off table l and for padded p."""
-    j = tl.arange(0, HW)[:, None]
-    s = tl.arange(0, L_PAD * R)[None, :]
-    p = j // L_PAD
-    sign = tl.where(((s % R) >> p) & 1 == 1, 1.0, -1.0)
-    return tl.where(((j % L_PAD) == s // R) & (p < P), sign, 0.0)
-
-
-@triton.jit
-def _same_table(L_PAD: tl.constexpr, R: tl.constexpr):
-    """(S, S) block-diagonal ones: x @ G sums x over each table's R corners."""
-    s = tl.arange(0, L_PAD * R)
-    return tl.where(s[:, None] // R == s[None, :] // R, 1.0, 0.0)
-
-
-@triton.jit
 def _soft_hash(x, wt, beta, P: tl.constexpr, L: tl.constexpr, P_PAD: tl.constexpr, L_PAD: tl.constexpr,
                R: tl.constexpr):
-    """x (C, D) -> (phi (C, L_PAD * R) fp32, t = tanh(x W^T) (C, P_PAD * L_PAD)); wt (D, P_PAD * L_PAD) holds
-    W[l, p] in column p * L_PAD + l. The corner softmax needs no max: |logit| <= beta * P."""
-    t = _tanh(tl.dot(x, wt.to(x.dtype)))
-    e = tl.exp(beta * tl.dot(t, _corner_signs(P, L_PAD, R, P_PAD * L_PAD), input_precision="tf32x3"))
-    phi = e / tl.dot(e, _same_table(L_PAD, R), input_precision="tf32x3")
-    return tl.where(tl.arange(0, L_PAD * R)[None, :] // R < L, phi, 0.0), t
+    """x (C, D) -> phi (C, L_PAD * R) fp32; wt (D, P_PAD * L_PAD) holds W[l, p] in column p * L_PAD + l."""
+    C: tl.constexpr = x.shape[0]
+    u = tl.dot(x, wt.to(x.dtype))
+    t = 1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)  # tanh
+    t3 = tl.reshape(t, (C, P_PAD, L_PAD))
+    p_idx = tl.arange(0, P_PAD)[None, :, None]
+    r_idx = tl.arange(0, R)[None, None, :]
+    phi = tl.full((C, L_PAD, R), 1.0, tl.float32)
+    for p in tl.static_range(P):
+        a = tl.sigmoid(2.0 * beta * tl.sum(tl.where(p_idx == p, t3, 0.0), axis=1))[:, :, None]
+        phi *= tl.where(((r_idx >> p) & 1) == 1, a, 1.0 - a)
+    phi = tl.where(tl.arange(0, L_PAD)[None, :, None] < L, phi, 0.0)
+    return tl.reshape(phi, (C, L_PAD * R))
 
 
 @triton.jit
@@ -77,8 +60,7 @@ def _race_segment_sums(k_ptr, v_ptr, wt_ptr, sums_ptr, counts_ptr, T, seg_len, n
         valid = rows < T
         k = tl.load(k_ptr + rows[:, None] * D + cd[None, :], mask=valid[:, None], other=0.0)
         v = tl.load(v_ptr + rows[:, None] * DV + cv[None, :], mask=valid[:, None], other=0.0)
-        phk, _ = _soft_hash(k, wt, beta, P, L, P_PAD, L_PAD, R)
-        phk = tl.where(valid[:, None], phk, 0.0).to(v.dtype)
+        phk = tl.where(valid[:, None], _soft_hash(k, wt, beta, P, L, P_PAD, L_PAD, R), 0.0).to(v.dtype)
         sums += tl.dot(tl.trans(phk), v)
         counts += tl.sum(phk.to(tl.float32), axis=0)
     out = bh * n_seg + seg
@@ -111,10 +93,8 @@ def _race_fwd_chunks(q_ptr, k_ptr, v_ptr, wt_ptr, sums_ptr, counts_ptr, o_ptr, d
         k = tl.load(k_ptr + rows[:, None] * D + cd[None, :], mask=valid[:, None], other=0.0)
         v = tl.load(v_ptr + rows[:, None] * DV + cv[None, :], mask=valid[:, None], other=0.0)
         # phi rounded once to the input dtype, and that value used in numerator and denominator alike
-        phq, _ = _soft_hash(q, wt, beta, P, L, P_PAD, L_PAD, R)
-        phq = phq.to(v.dtype)
-        phk, _ = _soft_hash(k, wt, beta, P, L, P_PAD, L_PAD, R)
-        phk = tl.where(valid[:, None], phk, 0.0).to(v.dtype)
+        phq = _soft_hash(q, wt, beta, P, L, P_PAD, L_PAD, R).to(v.dtype)
+        phk = tl.where(valid[:, None], _soft_hash(k, wt, beta, P, L, P_PAD, L_PAD, R), 0.0).to(v.dtype)
         phq32 = phq.to(tl.float32)
         num = tl.dot(phq32, sums)
         den = tl.sum(phq32 * counts[None, :], axis=1)

@@ -42,11 +42,12 @@ def test_hybrid_decode_matches_reference(dtype, mix):
     assert scores.shape == (2, mix.get("Hkv", 2), inputs[3].shape[1])
 
 
-@pytest.mark.parametrize("split,tile", [(1, 1), (2, 2), (4, 4)])
-def test_split_and_tile_sizes(split, tile, monkeypatch):
-    """Many splits per head (the merge), tiles of several pages, a tile past the split's end."""
+@pytest.mark.parametrize("split,tile,chunk", [(1, 1, 2), (2, 2, 4), (4, 4, 16)])
+def test_split_and_tile_sizes(split, tile, chunk, monkeypatch):
+    """Many splits per head merged in several chunks, tiles of several pages, a tile past the split's end."""
     monkeypatch.setattr(decode, "BLOCKS_PER_SPLIT", split)
     monkeypatch.setattr(decode, "TILE_PAGES", tile)
+    monkeypatch.setattr(decode, "SPLIT_CHUNK", chunk)
     inputs = make_hybrid_inputs(_shape(L=85, K=64, Hkv=3, Hq=6, R=2), torch.float32, seed=8, device=DEVICE)
     o, scores = hybrid_decode(*inputs)
     ref_o, ref_scores = hybrid_attention(*inputs)

@@ -118,6 +118,8 @@ def test_openapi_schema_documents_the_api(client):
 
 def test_candidate_in_many_jobs_shows_the_latest(client, session_factory, data, monkeypatch):
     """A seed belongs to every job of its task: the detail lists the latest MAX_JOBS and counts all."""
+    from sqlalchemy import delete
+
     from db.models import Job, JobCandidate
     from evo.web import queries
     monkeypatch.setattr(queries, "MAX_JOBS", 2)
@@ -130,6 +132,7 @@ def test_candidate_in_many_jobs_shows_the_latest(client, session_factory, data, 
     c = client.get(f"/api/candidates/{data['seed']}").json()
     assert c["job_count"] >= 4 and [j["job_id"] for j in c["jobs"]] == [jobs[1].id, jobs[2].id]
     with session_factory() as s:  # leave the shared data as it was
-        for j in jobs:
-            s.delete(s.get(Job, j.id))
+        ids = [j.id for j in jobs]
+        s.execute(delete(JobCandidate).where(JobCandidate.job_id.in_(ids)))
+        s.execute(delete(Job).where(Job.id.in_(ids)))
         s.commit()

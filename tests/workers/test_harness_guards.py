@@ -76,3 +76,24 @@ def test_network_use_is_caught(guard):
                     s.connect(("127.0.0.1", 9))
                 except OSError:
                     pass
+
+
+def test_library_background_thread_is_not_the_candidates(guard):
+    """torch.compile's worker pool starts a timer thread from its own reader thread, at any
+    moment; a thread started by another thread while the candidate runs is not flagged."""
+    started = threading.Event()
+    release = threading.Event()
+
+    def library_reader():
+        release.wait(5)
+        timer = threading.Thread(target=lambda: None)
+        timer.start()
+        timer.join()
+        started.set()
+
+    reader = threading.Thread(target=library_reader)
+    reader.start()
+    with guard.watch(None):
+        release.set()
+        assert started.wait(5)
+    reader.join()

@@ -5,8 +5,10 @@ dynamic trick (one the AST scan cannot see) still cannot hide.
 - patching: the identity of every callable in the modules the harness relies on (time,
   torch, torch.Tensor, torch.cuda, its Event, F, triton, builtins) is recorded before any
   candidate is imported and compared after each call;
-- threads: every Python thread start is counted (also one joined before the call returns),
-  and on the CPU the process's native threads are counted before and after;
+- threads: every Python thread start made from the thread running the candidate is counted
+  (also one joined before the call returns; library background threads, such as the timer
+  torch.compile's worker pool starts from its reader thread, are not the candidate's), and
+  on the CPU the process's native threads are counted before and after;
 - processes and network: an audit hook (sys.addaudithook) records socket use, os.system,
   fork and kill while candidate code runs;
 - streams: the current CUDA stream must be the same before and after.
@@ -93,6 +95,7 @@ class Guard:
     def __init__(self, device: torch.device):
         self.device = device
         self._active = False
+        self._watched_thread: int | None = None  # ident of the thread running candidate code
         self._events: list[str] = []
         self.threads_started = 0
         self._count_thread_starts()
@@ -118,14 +121,17 @@ class Guard:
                     continue
 
                 def counting(*args, _original=original, **kwargs):
-                    if self._active:
+                    if self._on_watched_thread():
                         self.threads_started += 1
                     return _original(*args, **kwargs)
 
                 setattr(module, name, counting)
 
+    def _on_watched_thread(self) -> bool:
+        return self._active and threading.get_ident() == self._watched_thread
+
     def _audit(self, event: str, args) -> None:
-        if self._active and event.startswith(_AUDITED):
+        if event.startswith(_AUDITED) and self._on_watched_thread():
             self._events.append(event)
 
     def forbidden_mode(self, forbidden: tuple[str, ...]) -> ForbiddenOpsMode:
@@ -146,8 +152,8 @@ class Guard:
                 changed.append(f"{label}.{name}")
         return changed
 
-    def _threads(self) -> tuple[set[int], int]:
-        return {t.ident for t in threading.enumerate()}, len(os.listdir("/proc/self/task"))
+    def _native_threads(self) -> int:
+        return len(os.listdir("/proc/self/task"))
 
     def _stream(self):
         return torch.cuda.current_stream().cuda_stream if self.device.type == "cuda" else None
@@ -160,10 +166,11 @@ class Guard:
         driver, NVRTC and Triton's compiler create their own on first use, and a candidate has
         no way to start one there without ctypes or a C extension, which the scan refuses."""
         check_native_threads = self.device.type == "cpu"
-        py_before, native_before = self._threads()
+        native_before = self._native_threads()
         stream_before = self._stream()
         started_before = self.threads_started
         self._events.clear()
+        self._watched_thread = threading.get_ident()
         self._active = True
         try:
             with mode if mode is not None else nullcontext():
@@ -176,10 +183,10 @@ class Guard:
             patched = self.patched()
             if patched:
                 tampering.append(f"patched {', '.join(patched[:5])} (timers, synchronize and library functions must stay untouched)")
-            py_after, native_after = self._threads()
-            if py_after - py_before or self.threads_started > started_before:
-                n = max(len(py_after - py_before), self.threads_started - started_before)
-                tampering.append(f"started {n} Python thread(s); a candidate must not start threads")
+            native_after = self._native_threads()
+            if self.threads_started > started_before:
+                tampering.append(f"started {self.threads_started - started_before} Python thread(s); "
+                                 "a candidate must not start threads")
             elif check_native_threads and native_after > native_before:
                 tampering.append(f"started {native_after - native_before} native thread(s); a candidate must not start threads")
             if self._stream() != stream_before:

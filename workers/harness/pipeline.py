@@ -245,6 +245,10 @@ class Harness:
         if is_compile_exception(e):
             return Verdict("compile_error", text)
         fatal = self.on_gpu and any(s.lower() in lowered for s in FATAL_CUDA)
+        if fatal:  # torch appends generic debugging advice; the first line is what matters
+            first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            text = (f"{type(e).__name__}: {first.strip()}\nThe kernel faulted (usually an out-of-bounds load or store: "
+                    f"check masks, offsets and grid size); the CUDA context is lost and the process was replaced.")
         return Verdict("runtime_error", text, restart=fatal or not isinstance(e, Exception))
 
     def _cuda_healthy(self) -> bool:
