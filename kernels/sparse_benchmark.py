@@ -269,9 +269,6 @@ def main():
     lengths = (8192, 131072) if args.quick else (8192, 16384, 32768, 65536, 131072, 262144)
     result["prefill"] = bench_prefill(lengths)
     log(f"prefill done {time.time() - t0:.0f}s")
-    with open(os.path.join(args.out, "sparse_bench.json"), "w") as f:
-        json.dump(result, f, indent=1)
-
     log("\n## checks (bf16, relative L2 error)")
     for name, a, b in result.get("checks", []):
         log(f"| {name} | {a:.2e} | {b:.2e} |")
@@ -291,6 +288,8 @@ def main():
         log(f"| {r['T'] // 1024}K | {r['sdpa']:.2f} | {r['topn']:.2f} | {r['attn']:.2f} | {r['window']:.2f} | "
             f"{r['total']:.2f} | {r['speedup']:.1f}x | {r['attn_tflops']:.0f}/{r['win_tflops']:.0f}/"
             f"{r['topn_tflops']:.0f}/{r['sdpa_tflops']:.0f} |")
+    with open(os.path.join(args.out, "sparse_bench.json"), "w") as f:
+        json.dump(result, f, indent=1)
     log(f"total {time.time() - t0:.0f}s")
 
 

@@ -145,7 +145,7 @@ def _merge_kernel(
 BLOCKS_PER_SPLIT = 32  # tunable: 8, 16, 32, 64, 128
 TILE_PAGES = 2  # tunable: 1, 2, 4
 NUM_WARPS = 4  # tunable: 2, 4, 8
-NUM_STAGES = 3  # tunable: 1, 2, 3, 4
+NUM_STAGES = 2  # tunable: 1, 2, 3, 4
 SCORE_BLOCK = 1024  # tunable: 256, 512, 1024, 2048
 SPLIT_CHUNK = 16  # tunable: 4, 8, 16, 32
 

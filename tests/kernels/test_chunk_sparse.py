@@ -70,6 +70,9 @@ def test_layer_matches_reference():
         out = layer(q, k, v)
         lmk = layer.encoder(k, 16)
     _check(out, hierarchical_attention(q, k, v, lmk, 16, 2, 24), torch.float32)
+    with torch.no_grad():  # a decode step: the newest query alone, landmarks passed in
+        _check(layer(q[:, :, -1:], k, v, landmarks=lmk), hierarchical_attention(q[:, :, -1:], k, v, lmk, 16, 2, 24),
+               torch.float32)
     window_only = HierarchicalSparseAttention(16, chunk_size=16, top_n=2, window=24, sparse=False)
     _check(window_only(q, k, v), ref_window(q, k, v, 24), torch.float32)
 

@@ -101,7 +101,7 @@ class Guard:
         self._count_thread_starts()
         sys.addaudithook(self._audit)
         self.refresh()
-        self._forbidden_objects: list[object] = []
+        self._forbidden_objects: dict[str, object] = {}  # kept alive, so their id()s stay unique
 
     def refresh(self) -> None:
         """Record the callables as they are now. Called at start-up and after the harness's own
@@ -137,9 +137,10 @@ class Guard:
     def forbidden_mode(self, forbidden: tuple[str, ...]) -> ForbiddenOpsMode:
         table = {}
         for name in forbidden:
-            obj = resolve(name)
+            if name not in self._forbidden_objects:
+                self._forbidden_objects[name] = resolve(name)
+            obj = self._forbidden_objects[name]
             if obj is not None:
-                self._forbidden_objects.append(obj)  # keeps id() stable
                 table[id(obj)] = name
         return ForbiddenOpsMode(table)
 

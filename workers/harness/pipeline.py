@@ -328,7 +328,9 @@ class Harness:
 
     def _compiled_reference(self, task: Task):
         if task.name not in self._compiled:
-            self._compiled[task.name] = torch.compile(task.reference)
+            # Static shapes: one specialized compile per benchmark shape. With the default
+            # (automatic dynamic) the second shape recompiles shape-generic code, up to 2x slower.
+            self._compiled[task.name] = torch.compile(task.reference, dynamic=False)
         return self._compiled[task.name]
 
     def _seed_entry(self, task: Task):
