@@ -34,8 +34,9 @@ JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="job id")]
 CandidateId = Annotated[int, Path(ge=1, le=MAX_ID, description="candidate id")]
 Limit = Annotated[int, Query(ge=1, le=200, description="page size")]
 Offset = Annotated[int, Query(ge=0, le=10**9, description="rows to skip")]
-# Empty means "any": a filter form's "all" option sends `task=`.
-TaskName = Annotated[str | None, Query(pattern=r"^[\w.\-]{0,64}$", description="task name, e.g. softmax")]
+# Empty means "any": a filter form's "all" option sends `task=`. Spelled-out ASCII classes: the
+# schema's regex dialect (ECMA-262) and Python's disagree on what \w matches.
+TaskName = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.\-]{0,64}$", description="task name, e.g. softmax")]
 DeviceName = Annotated[str | None, Query(pattern=r"^[^\x00]{0,128}$", description="GPU name or cpu-interpreter")]
 
 

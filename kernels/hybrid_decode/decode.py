@@ -4,10 +4,12 @@ Work unit = (sequence, KV head, split of BLOCKS_PER_SPLIT pages). A retrieval he
 all of its sequence's pages, a sparse head only the pages in its inherited block set, so a
 retrieval head gets many splits and a sparse head few; every split does the same amount
 of work, and the GPU's scheduler spreads them evenly (splits past a head's work exit at
-once). Each split keeps an online softmax for the G query heads of its KV head (one page
-load serves all of them, through one [G_PAD, P] dot) and writes a partial (o, lse); for
+once; small batches get smaller splits). Each split walks its pages TILE_PAGES at a
+time and keeps an online softmax for the G query heads of its KV head (one load serves
+all of them, through one [G_PAD, TILE_PAGES * P] dot) and writes a partial (o, lse); for
 retrieval heads it also writes each page's log-sum-exp. A second kernel merges the splits
-and turns page log-sum-exps into block scores (attention mass per block).
+(SPLIT_CHUNK at a time) and turns page log-sum-exps into block scores (attention mass per
+block). H200 numbers and what limits them: docs/benchmarks/sparse.md.
 Layout and semantics: baselines/hybrid_decode.py.
 """
 import math
