@@ -111,7 +111,7 @@ def create_app(session_factory: sessionmaker[Session] | None = None, api_token: 
                broker_url: str | None = None) -> FastAPI:
     """`session_factory` defaults to the configured database (EVO_DATABASE_URL), `api_token`
     to EVO_API_TOKEN (with none the API is read-only), `broker_url` to EVO_BROKER_URL (with
-    none, submitted jobs stay queued)."""
+    none, submitted jobs stay queued). An empty string means none, whatever the environment."""
     from evo.web import api, pages  # the routers import this module's helpers
 
     if session_factory is None:
@@ -119,8 +119,8 @@ def create_app(session_factory: sessionmaker[Session] | None = None, api_token: 
         session_factory = get_sessionmaker()
     app = FastAPI(title="evo", version="1", summary="Evolutionary GPU-kernel optimization: jobs, leaderboard, candidates.")
     app.state.session_factory = session_factory
-    app.state.api_token = api_token if api_token is not None else os.environ.get("EVO_API_TOKEN") or None
-    app.state.broker_url = broker_url or os.environ.get("EVO_BROKER_URL") or None
+    app.state.api_token = (api_token if api_token is not None else os.environ.get("EVO_API_TOKEN")) or None
+    app.state.broker_url = (broker_url if broker_url is not None else os.environ.get("EVO_BROKER_URL")) or None
     app.state.celery = None  # made on the first submit (evo.web.api.producer)
 
     @app.exception_handler(StarletteHTTPException)

@@ -136,7 +136,7 @@ def session_factory(engine, data):
 
 @pytest.fixture(scope="session")
 def client(session_factory):
-    return TestClient(create_app(session_factory, api_token=TOKEN))
+    return TestClient(create_app(session_factory, api_token=TOKEN, broker_url=""))
 
 
 @pytest.fixture

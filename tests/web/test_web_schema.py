@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-
 from schemathesis.checks import positive_data_acceptance
 
 from evo.web import create_app
@@ -15,7 +14,7 @@ MAX_EXAMPLES = 25  # per operation and database: about 20 s in all on this machi
 
 @pytest.fixture(scope="module")
 def api_schema(isolated_factory, token):
-    app = create_app(isolated_factory, api_token=token, broker_url="")
+    app = create_app(isolated_factory, api_token=token, broker_url="")  # submitted jobs stay queued
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
@@ -28,7 +27,8 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+# derandomize: CI sees the same examples every run; change MAX_EXAMPLES or drop it locally to explore.
+@settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_schema(case, token):
     excluded = []
     if case.operation.method.upper() == "POST" and case.operation.path == "/api/jobs":
