@@ -28,6 +28,7 @@ from workers.protocol import EvalResult
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = int(os.environ.get("EVO_MAX_ATTEMPTS", "3"))
+ERROR_RETRIES = 3  # after an unexpected error (database unreachable...), before giving up
 
 _evaluator = None  # one per worker process: it holds the evaluation subprocess (and its CUDA context)
 _device: str | None = None
@@ -167,8 +168,11 @@ def evaluate_candidate(candidate_id: int, job_id: int | None = None) -> dict:
 def evaluate(self, candidate_id: int, job_id: int | None = None) -> dict:
     try:
         outcome = evaluate_candidate(candidate_id, job_id)
-    except Exception as e:  # a chord header must not raise; the row stays pending and is retried on resume
+    except Exception as e:  # the database, most likely (the evaluator's own failures are verdicts)
         log.exception("evaluation of candidate %s failed", candidate_id)
+        if self.request.retries < ERROR_RETRIES:
+            raise self.retry(countdown=5 * (self.request.retries + 1))
+        # A chord header must not raise; the row stays pending, and `evo resume` sends it again.
         return {"candidate_id": candidate_id, "status": "error", "reason": f"{type(e).__name__}: {e}"}
     if "retry_in" in outcome:  # not done yet: the chord keeps waiting for this header task
         raise self.retry(countdown=outcome["retry_in"], max_retries=None)
