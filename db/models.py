@@ -149,6 +149,8 @@ class LLMCall(Base):
     request_hash: Mapped[str] = mapped_column(String(64), index=True)  # reply-cache key
     prompt: Mapped[list] = mapped_column()  # the chat messages sent
     reply: Mapped[str | None] = mapped_column(Text)
+    # Why this call gave the job no candidate: the call failed (no reply), or the orchestrator
+    # found no usable code in the reply (no code block, cut off, wrong signature).
     error: Mapped[str | None] = mapped_column(Text)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)

@@ -22,6 +22,11 @@ class JobError(ValueError):
     """Bad input for a job operation; the message is one line for the user."""
 
 
+class SeedError(JobError):
+    """The task's seed kernel does not load: a fault of this installation, not of the request
+    (the API answers 500 with the message)."""
+
+
 def validate(task: str, strategy: str, budget: int, language: str, config: dict | None) -> None:
     # Cheap checks first: the task registry imports torch and every task module.
     if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
@@ -48,8 +53,18 @@ def validate(task: str, strategy: str, budget: int, language: str, config: dict 
     except UnknownTaskError as e:
         raise JobError(str(e)) from None
     for lang in seed_languages(language):
-        if seed_source(task, lang) is None:
-            raise JobError(f"task {task} has no {lang} seed kernel ({seed_module(task, lang)})")
+        module = seed_module(task, lang)
+        # Finding the module imports its packages; compiling catches a syntax error. Not an
+        # import of the seed itself: it may need cupy, which only the GPU workers have.
+        try:
+            source = seed_source(task, lang)
+            if source is not None:
+                compile(source, module, "exec")
+        except Exception as e:
+            detail = " ".join(f"{type(e).__name__}: {e}".split())
+            raise SeedError(f"seed kernel {module} failed to import: {detail}") from None
+        if source is None:
+            raise JobError(f"task {task} has no {lang} seed kernel ({module})")
 
 
 def submit_job(session: Session, task: str, strategy: str = "tune", budget: int = 45, language: str = "triton",
@@ -90,9 +105,23 @@ def cancel_job(session: Session, job_id: int) -> Job:
     return job
 
 
+def is_waiting(state: str, error: str | None) -> bool:
+    """A running job with a note waits for something outside evo: batch replies (the note says
+    where, and how to continue); `resume_job` clears the note and continues it."""
+    return state == JobState.running.value and error is not None
+
+
+def resume_waiting_jobs(session: Session, batch_dir, *, celery_app=None) -> list[Job]:
+    """Resume the jobs waiting for replies in `batch_dir` (after `evo llm batch run/fetch`).
+    A job whose replies are still incomplete writes its note again and keeps waiting."""
+    from evo.orchestrate import jobs_waiting_on
+    return [resume_job(session, job.id, celery_app=celery_app) for job in jobs_waiting_on(session, batch_dir)]
+
+
 def resume_job(session: Session, job_id: int, *, celery_app=None) -> Job:
-    """Continue a job whose control process died (or that was cancelled or failed):
-    re-sends the current generation's unfinished evaluations; finished ones are kept."""
+    """Continue a job whose control process died (or that was cancelled or failed, or that
+    waits for batch replies): re-sends the current generation's unfinished evaluations;
+    finished ones are kept."""
     job = get_job(session, job_id)
     if job.state == JobState.done.value:
         raise JobError(f"job {job_id} is done; submit a new job to search further")

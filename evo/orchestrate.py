@@ -7,7 +7,10 @@ All state is in the database, and every step is idempotent, so any process may d
   `advance` for an old generation changes nothing;
 - `dispatch` only sends evaluations that have no finished verdict, so a resumed job never
   repeats finished work (and the evaluation task itself is idempotent, workers/tasks.py);
-- the strategy's rng is seeded from (job seed, generation), so re-planning proposes the same.
+- the strategy's rng is seeded from (job seed, generation), so re-planning proposes the same;
+- a generation whose LLM replies wait in the batch backend's files writes only a note
+  (Job.error of the running job: what it waits for and how to continue); resuming re-plans
+  the same prompts and picks the replies up.
 No task waits on another: when `advance` finds evaluations still running (a redelivered
 duplicate can fire a chord early) it schedules a re-check instead of blocking.
 """
@@ -17,14 +20,16 @@ import importlib.util
 import logging
 import os
 import random
+from pathlib import Path
 
 from celery import chord
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from db.models import Candidate, Evaluation, Job, JobCandidate, JobState, Verdict, utcnow
+from db.models import Candidate, Evaluation, Job, JobCandidate, JobState, LLMCall, Verdict, utcnow
 from db.session import session_scope
+from evo.llm.batch import BatchPending
 from evo.strategies import JobInfo, Member, Proposal, get_strategy
 from workers.celery_app import app
 from workers.protocol import HARNESS_VERSION, content_hash
@@ -88,10 +93,22 @@ def history(session: Session, job: Job, device: str | None) -> list[Member]:
     return members
 
 
-def job_info(job: Job, device: str | None) -> JobInfo:
+def unusable_replies(session: Session, job: Job, limit: int = 4) -> tuple[str, ...]:
+    """Why the LLM replies of the job's latest generation gave no candidate (add_members wrote
+    it on their LLMCall rows). The latest generation's calls are those after every call that
+    made a member of an earlier generation."""
+    before = session.scalar(select(func.max(JobCandidate.llm_call_id))
+                            .where(JobCandidate.job_id == job.id, JobCandidate.generation < job.generation))
+    return tuple(session.scalars(
+        select(LLMCall.error).where(LLMCall.job_id == job.id, LLMCall.id > (before or 0), LLMCall.error.is_not(None),
+                                    LLMCall.reply.is_not(None), LLMCall.reply != "")  # a reply, not a failed call
+        .order_by(LLMCall.id).limit(limit)))
+
+
+def job_info(job: Job, device: str | None, unusable: tuple[str, ...] = ()) -> JobInfo:
     return JobInfo(id=job.id, task=job.task, strategy=job.strategy, language=job.language, budget=job.budget,
                    calls_used=job.calls_used, generation=job.generation + 1, config=dict(job.config or {}),
-                   device=device or "")
+                   device=device or "", unusable_replies=unusable)
 
 
 def generation_rng(job: Job, generation: int) -> random.Random:
@@ -122,7 +139,13 @@ def store_candidate(session: Session, task: str, source: str, language: str,
 def add_members(session: Session, job: Job, generation: int, proposals: list[Proposal]) -> int:
     added = 0
     for p in proposals:
-        if p.source is None:  # the LLM reply had no code: its call is recorded by the LLM layer
+        if p.source is None:
+            # No usable code: no Candidate (there is no source to store, hash or evaluate). The
+            # reason goes on the job's own row of the call, which the LLM layer wrote, so the
+            # next prompt's feedback shows it (unusable_replies); a failed call keeps its error.
+            if p.llm_call_id is not None and p.error:
+                session.execute(update(LLMCall).where(LLMCall.id == p.llm_call_id, LLMCall.error.is_(None))
+                                .values(error=p.error))
             continue
         candidate = store_candidate(session, job.task, p.source, p.language, p.name, p.thought)
         already = session.scalar(select(JobCandidate.id).where(JobCandidate.job_id == job.id,
@@ -210,7 +233,7 @@ def advance(job_id: int, generation: int) -> str:
                 members = history(s, job, device)
         valid = sorted((m for m in members if m.valid), key=lambda m: m.runtime_ms)
         job.best_candidate_id = valid[0].candidate_id if valid else None
-        info = job_info(job, device)
+        info = job_info(job, device, unusable_replies(s, job))
         llm_model, llm_endpoint = job.llm_model, job.llm_endpoint
         rng = generation_rng(job, generation + 1)
         if job.calls_used >= job.budget:
@@ -222,7 +245,10 @@ def advance(job_id: int, generation: int) -> str:
         from evo.llm import client_for_job
         llm = client_for_job(info, model=llm_model, base_url=llm_endpoint)
     # Outside any transaction: LLM calls take seconds to minutes.
-    proposals = strategy.propose(info, members, rng, llm)
+    try:
+        proposals = strategy.propose(info, members, rng, llm)
+    except BatchPending as pending:
+        return wait_for_batch(job_id, generation, pending)
     cost = budget_cost(strategy.uses_llm, proposals)
     with session_scope() as s:
         job = s.get(Job, job_id)
@@ -238,6 +264,30 @@ def advance(job_id: int, generation: int) -> str:
             finish(s, job, JobState.done if valid else JobState.failed, None if valid else _no_valid(members))
             return "done: nothing more to try"
     return dispatch(job_id)
+
+
+def batch_note(job_id: int, pending: BatchPending) -> str:
+    directory = Path(pending.directory).resolve()
+    return (f"waiting for {pending.waiting} batch replies in {directory}; run `evo llm batch run {directory}` "
+            f"(or `evo llm batch submit` / `fetch`), then `evo resume {job_id}`")
+
+
+def jobs_waiting_on(session: Session, directory: str | Path) -> list[Job]:
+    """Running jobs whose note (batch_note) says they wait for replies in `directory`."""
+    marker = f" batch replies in {Path(directory).resolve()}; "
+    return list(session.scalars(select(Job).where(Job.state == JobState.running.value,
+                                                  Job.error.contains(marker, autoescape=True)).order_by(Job.id)))
+
+
+def wait_for_batch(job_id: int, generation: int, pending: BatchPending) -> str:
+    """The generation's prompts wait in the batch directory: the job stays running at this
+    generation with nothing written but the note (Job.error of a running job says what it
+    waits for); `evo resume` re-proposes the same prompts and picks the replies up."""
+    note = batch_note(job_id, pending)
+    with session_scope() as s:
+        s.execute(update(Job).where(Job.id == job_id, Job.generation == generation,
+                                    Job.state == JobState.running.value).values(error=note))
+    return note
 
 
 def _first_device(session: Session, job: Job) -> str | None:

@@ -66,6 +66,14 @@ def device() -> str:
 def _after_fork(**_):
     # The pool child must not share the parent's database connections.
     get_engine().dispose(close=False)
+    # Warm start: a worker of the gpu queue spawns its evaluation process (torch, the CUDA
+    # context) now, not on the first verdict. Spawning returns at once: Celery gives a pool
+    # process only seconds to report up. The Celery parent never touches CUDA.
+    if "gpu" in app.amqp.queues.consume_from:
+        try:
+            evaluator().start()
+        except Exception:  # the first evaluation tries again and records what goes wrong
+            log.exception("could not start the evaluation process early")
 
 
 @worker_process_shutdown.connect

@@ -13,13 +13,11 @@ import time
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from evo.cli import app
+from evo.cli import app, console, err
 
-console = Console()
-err = Console(stderr=True)
+WAITING_EXIT = 3  # optimize/resume: the job is kept, waiting for batch replies
 
 
 def user_errors(fn):
@@ -66,11 +64,12 @@ def _describe(p) -> str:
 
 
 def follow(job_id: int, services=None, poll_s: float = 0.5):
-    """Show a progress bar until the job ends (polls the DB). Returns the final JobProgress."""
+    """Show a progress bar until the job ends or waits for batch replies (polls the DB).
+    Returns the last JobProgress."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from db.session import session_scope
-    from evo.jobs import FINAL_STATES
+    from evo.jobs import FINAL_STATES, is_waiting
     from evo.leaderboard import job_progress
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -82,7 +81,7 @@ def follow(job_id: int, services=None, poll_s: float = 0.5):
             seeds = 2 if p.language == "both" else 1
             bar.update(row, description=_describe(p), completed=p.evaluated,
                        total=max(p.budget + seeds, p.proposed))
-            if p.state in FINAL_STATES:
+            if p.state in FINAL_STATES or is_waiting(p.state, p.error):
                 return p
             if services is not None and services.dead_workers():
                 raise RuntimeError(f"a worker exited early (pids {services.dead_workers()}); "
@@ -136,7 +135,8 @@ def optimize(task: str, strategy: str = STRATEGY, budget: int = BUDGET, language
     """Run a job to the end with a progress bar, then print the task's leaderboard.
 
     With EVO_BROKER_URL unset it starts an embedded Redis and its own workers (and stops them
-    at the end); with EVO_BROKER_URL set it submits to the cluster and follows."""
+    at the end); with EVO_BROKER_URL set it submits to the cluster and follows. Exits 3 when
+    the job waits for batch replies (EVO_LLM_BATCH_DIR): the job is kept for `evo resume`."""
     from db.session import evo_home, session_scope
     from evo.jobs import submit_job, validate
 
@@ -169,7 +169,10 @@ def _follow_and_report(job_id: int, task: str, services=None) -> None:
     except RuntimeError as e:  # an embedded worker died
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1)
-    console.print(f"job {job_id} {p.state}" + (f": {p.error}" if p.error else ""))
+    if p.state == "running":  # waits for batch replies; the note says how to continue
+        console.print(f"job {job_id} is {p.error}", markup=False)
+        raise typer.Exit(WAITING_EXIT)
+    console.print(f"job {job_id} {p.state}" + (f": {p.error}" if p.error else ""), markup=False)
     print_leaderboard(task)
     if p.state != "done":
         raise typer.Exit(1)
@@ -229,7 +232,7 @@ def status(job: Optional[int] = typer.Argument(None, help="job id (default: the 
         return
     console.print(f"{_describe(p)} | state {p.state} | budget {p.calls_used}/{p.budget} | device {p.device or '-'}")
     if p.error:
-        console.print(f"error: {p.error}", markup=False)
+        console.print(f"{'note' if p.state == 'running' else 'error'}: {p.error}", markup=False)
     table = Table("gen", "proposed", "evaluated", "valid", "best ms (gen)", "best ms", "best vs eager", "best vs seed")
     for c in curve:
         table.add_row(str(c.generation), str(c.proposed), str(c.evaluated), str(c.valid),

@@ -7,16 +7,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from evo.cli import app
+from evo.cli import app, console
 
 llm_app = typer.Typer(no_args_is_help=True, help="The LLM layer: vLLM serving, endpoints, calls, batch files.")
 batch_app = typer.Typer(no_args_is_help=True, help="The batch backend: requests.jsonl out, replies*.jsonl in.")
 llm_app.add_typer(batch_app, name="batch")
 app.add_typer(llm_app, name="llm")
-console = Console()
 
 
 def user_errors(fn):
@@ -140,7 +138,8 @@ def batch_run(directory: Path = typer.Argument(..., help="the batch directory"))
     from evo.llm.batch import run_pending
 
     out = run_pending(directory, _sender())
-    console.print("nothing waits" if out is None else f"wrote {out}; resume the job to pick the replies up")
+    console.print("nothing waits" if out is None else f"wrote {out}")
+    _resume_waiting_jobs(directory)
 
 
 def _sender():
@@ -173,3 +172,24 @@ def batch_fetch(directory: Path = typer.Argument(..., help="the batch directory"
         console.print(f"{batch_id}: {status}")
     if not report:
         console.print("no batch waits to be fetched")
+    _resume_waiting_jobs(directory)
+
+
+def _resume_waiting_jobs(directory: Path) -> None:
+    """Continue the jobs waiting for these replies: through the cluster when EVO_BROKER_URL is
+    set; without one, `evo resume JOB` starts the embedded workers to run each."""
+    import os
+
+    from db.migrate import upgrade
+    from db.session import session_scope
+    from evo.jobs import resume_waiting_jobs
+    from evo.orchestrate import jobs_waiting_on
+
+    upgrade()
+    with session_scope() as s:
+        if os.environ.get("EVO_BROKER_URL"):
+            for job in resume_waiting_jobs(s, directory):
+                console.print(f"resumed job {job.id}")
+        else:
+            for job in jobs_waiting_on(s, directory):
+                console.print(f"job {job.id} waits for these replies: `evo resume {job.id}` continues it")

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from evo.cli import app
+from evo.cli import app, console
 
 _STATUS_STYLE = {"correct": "bold green", "incorrect": "bold red", "rejected": "bold magenta",
                  "compile_error": "bold yellow", "runtime_error": "bold red", "timeout": "bold red"}
@@ -39,7 +38,7 @@ def tasks_command(as_json: bool = typer.Option(False, "--json", help="One JSON a
     for r in rows:
         shapes = "; ".join(",".join(f"{k}={v}" for k, v in s.items()) for s in r["shapes"])
         table.add_row(r["name"], r["signature"], ", ".join(r["dtypes"]), shapes, r["seed"])
-    Console().print(table)
+    console.print(table)
 
 
 def infer_language(source: str) -> str:
@@ -85,7 +84,6 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
 
 
 def _print_result(task: str, file: Path, language: str, result) -> None:
-    console = Console()
     style = _STATUS_STYLE.get(result.status, "bold")
     verdict = Table(show_header=False, title=f"{task} <- {file.name} ({language})")
     verdict.add_column(style="bold")

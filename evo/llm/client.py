@@ -130,9 +130,11 @@ class LLMClient:
 
     # -- the DB --------------------------------------------------------------------------------
     def _cached(self, hashes: list[str]) -> dict[str, LLMCall]:
+        # Any reply the endpoint gave is reusable, also one the orchestrator found no code in
+        # (its LLMCall.error says so): parsing the same text again finds the same.
         with self.session_factory() as session:
             rows = session.scalars(select(LLMCall).where(LLMCall.request_hash.in_(set(hashes)),
-                                                         LLMCall.reply.is_not(None), LLMCall.error.is_(None),
+                                                         LLMCall.reply.is_not(None), LLMCall.reply != "",
                                                          LLMCall.cached.is_(False))
                                    .order_by(LLMCall.id)).all()
         first: dict[str, LLMCall] = {}

@@ -45,6 +45,7 @@ class JobInfo:
     generation: int  # the generation about to be proposed
     config: dict = field(default_factory=dict)
     device: str = ""  # where candidates are evaluated: GPU name or cpu-interpreter
+    unusable_replies: tuple[str, ...] = ()  # why the latest LLM replies gave no candidate (for I3 feedback)
 
 
 @dataclass

@@ -75,7 +75,7 @@ class Traverse:
                       population=[view(m) for m in population], parents=[view(m) for m in ask.parents],
                       parent_titles=self.parent_titles, anchor_id=anchor.candidate_id if anchor else None,
                       insights=guiding.insights(history, rng) if I3 in self.layers else [],
-                      feedback=guiding.feedback(history, best) if I3 in self.layers else {})
+                      feedback=guiding.feedback(history, best, job.unusable_replies) if I3 in self.layers else {})
         return {"role": "system", "content": system}, {"role": "user", "content": user}
 
     def requests(self, job: JobInfo, history: list[Member], asks: Sequence[Ask], rng: random.Random,

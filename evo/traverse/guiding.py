@@ -106,11 +106,13 @@ def insights(history: list[Member], rng: random.Random, k: int = INSIGHTS_SAMPLE
     return rng.sample(thoughts, min(k, len(thoughts)))
 
 
-def feedback(history: list[Member], best: Member | None) -> dict:
-    """The evaluator's word: the latest failures' errors, and how far the best is from the bound."""
+def feedback(history: list[Member], best: Member | None, unusable_replies: tuple[str, ...] = ()) -> dict:
+    """The evaluator's word: the latest failures' errors, why the latest replies gave no
+    candidate, and how far the best is from the bound."""
     last_gen = max((m.generation for m in history), default=0)
     failures = [view(m) for m in history if m.generation == last_gen and not m.valid and m.error]
-    return {"failures": failures[:4], "best": view(best) if best else None}
+    return {"failures": failures[:4], "unusable": [_clip(e) for e in unusable_replies[:4]],
+            "best": view(best) if best else None}
 
 
 def _clip(text: str | None) -> str | None:

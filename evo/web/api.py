@@ -261,18 +261,20 @@ def producer(request: Request) -> Celery | None:
     return state.celery
 
 
-@router.post("/jobs", status_code=201, response_model=SubmitOut, responses=ERRORS,
+@router.post("/jobs", status_code=201, response_model=SubmitOut, responses={**ERRORS, 500: {"model": Error}},
              dependencies=[Depends(require_token)], summary="Submit an optimization job")
 def submit(body: JobSubmit, request: Request, session: Session = Depends(get_session)):
     """Creates the job (state `queued`) and hands it to the workers through the broker
     (EVO_BROKER_URL). Without a broker, or when the broker cannot be reached, the job is
     still created and stays queued (`enqueued: false`, `note` says why); `evo resume ID`
     hands it over later."""
-    from evo.jobs import JobError, submit_job  # imports the task registry (torch): only writes pay for it
+    from evo.jobs import JobError, SeedError, submit_job  # imports the task registry (torch): only writes pay for it
 
     try:
         job = submit_job(session, body.task, body.strategy, body.budget, language=body.language,
                          llm=body.llm_model, config=body.config, enqueue=False)
+    except SeedError as e:  # the server's own code is broken, not the request
+        raise HTTPException(500, str(e)) from None
     except JobError as e:
         raise HTTPException(422, str(e)) from None
     celery, enqueued, note = producer(request), False, None

@@ -1,4 +1,5 @@
 """Job validation, cancel/resume rules, the leaderboard queries, and the CLI's bad-input exits."""
+import re
 from datetime import datetime, timezone
 
 import pytest
@@ -34,6 +35,45 @@ def test_submit_rejects_bad_input_and_writes_nothing(sqlite_db, kwargs, message)
     with session_scope() as s:
         with pytest.raises(JobError, match=message):
             submit_job(s, **args, enqueue=False)
+    assert job_count() == 0
+
+
+@pytest.fixture(params=["syntax", "missing package"])
+def broken_seed(request, tmp_path, monkeypatch):
+    """softmax's seed replaced by a module that cannot load; returns what the error must say."""
+    import evo.orchestrate
+
+    if request.param == "syntax":
+        (tmp_path / "evo_broken_seed.py").write_text("def entry(x):\n    return x +\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        module, detail = "evo_broken_seed", "SyntaxError: invalid syntax (evo_broken_seed, line 2)"
+    else:
+        module, detail = "evo_no_such_package.seed", "ModuleNotFoundError: No module named 'evo_no_such_package'"
+    monkeypatch.setattr(evo.orchestrate, "seed_module", lambda task, language: module)
+    return f"seed kernel {module} failed to import: {detail}"
+
+
+def test_a_broken_seed_is_a_clear_error_everywhere(sqlite_db, broken_seed, monkeypatch):
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from db.session import get_sessionmaker
+    from evo.cli import app
+    from evo.jobs import SeedError
+    from evo.web import create_app
+
+    with session_scope() as s:
+        with pytest.raises(SeedError, match=re.escape(broken_seed)):
+            submit_job(s, "softmax", "tune", 4, enqueue=False)
+    # The API: a fault of the server, said in one JSON line, not a traceback.
+    api = TestClient(create_app(get_sessionmaker(sqlite_db), api_token="t", broker_url=""))
+    r = api.post("/api/jobs", json={"task": "softmax", "strategy": "tune", "budget": 3},
+                 headers={"Authorization": "Bearer t"})
+    assert r.status_code == 500 and r.json() == {"error": broken_seed}
+    # The CLI: exit 2 with one line.
+    monkeypatch.setenv("EVO_BROKER_URL", "redis://127.0.0.1:6379/5")
+    result = CliRunner().invoke(app, ["submit", "softmax"])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [f"error: {broken_seed}"], result.output
     assert job_count() == 0
 
 
@@ -129,3 +169,61 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(sqlite_db, tmp_p
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, result.stderr)
     assert job_count() == 0
     assert not (tmp_path / "logs").exists()  # optimize started nothing
+
+
+def test_cli_tables_are_wide_in_pipes(sqlite_db):
+    """Piped output (CI logs) without COLUMNS: rich's 80-column fallback cut every column to "…"."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | {"PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", "from evo.cli import app; app()", "tasks"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(map(len, lines)) > 80 and "…" not in result.stdout
+    assert any("softmax" in line and "kernels.softmax" in line for line in lines)  # one row, not folded
+
+
+def test_a_job_waiting_for_batch_replies_is_running_with_a_note(sqlite_db, tmp_path, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from evo.cli import app
+    from evo.cli.jobs import WAITING_EXIT, _follow_and_report
+    from evo.jobs import is_waiting
+    from evo.llm.batch import BatchPending
+    from evo.orchestrate import jobs_waiting_on, wait_for_batch
+
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    with session_scope() as s:
+        job = submit_job(s, "softmax", "evoengineer-full", 4, enqueue=False)
+        job.state = "running"  # as the start task leaves it
+        job_id = job.id
+    wait_for_batch(job_id, 1, BatchPending(batch, 4))  # a stale advance (another generation) writes nothing
+    with session_scope() as s:
+        assert s.get(Job, job_id).error is None
+    wait_for_batch(job_id, 0, BatchPending(batch, 4))
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert is_waiting(job.state, job.error) and job.error.startswith(f"waiting for 4 batch replies in {batch}; ")
+        assert [j.id for j in jobs_waiting_on(s, batch)] == [job_id] and jobs_waiting_on(s, tmp_path) == []
+
+    runner = CliRunner()
+    status = runner.invoke(app, ["status", str(job_id)])
+    assert status.exit_code == 0 and "state running" in status.output, status.output
+    assert "note: waiting for 4 batch replies" in status.output
+    with pytest.raises(typer.Exit) as ended:  # `evo optimize` / `evo resume` stop following, the job is kept
+        _follow_and_report(job_id, "softmax")
+    assert ended.value.exit_code == WAITING_EXIT
+    # Without a broker, `evo llm batch run` names the waiting job and how to continue it.
+    monkeypatch.delenv("EVO_BROKER_URL", raising=False)
+    monkeypatch.setenv("EVO_LLM_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("EVO_LLM_MODEL", "fake-model")
+    run = runner.invoke(app, ["llm", "batch", "run", str(batch)])
+    assert run.exit_code == 0, run.output
+    assert f"job {job_id} waits for these replies: `evo resume {job_id}`" in run.output

@@ -64,14 +64,21 @@ def test_evoengineer_full_through_the_service_and_its_replay(cluster, poll):
     assert all(verdicts[m.candidate_id] in ("correct", "incorrect") for m in first_members)
     assert "incorrect" in {verdicts[m.candidate_id] for m in llm_made}
     assert any(t.startswith("marker-thought-") for t in thoughts)
+    # The prose reply of generation 1 made no candidate; its reason is on its call and in
+    # every generation-2 prompt's feedback (requests 4-7).
+    [prose] = [c for c in calls if c.reply.startswith("I would fuse")]
+    assert prose.error and "code" in prose.error
+    assert all("gave no kernel to evaluate" in body["messages"][1]["content"] and prose.error in
+               body["messages"][1]["content"] for body in server.requests[4:8])
     # The replay proposes the very same candidates in the same generations.
     assert [(g, op, c) for g, op, c, _ in second_members] == [(g, op, c) for g, op, c, _ in first_members]
 
 
-def test_a_job_on_the_batch_backend_pauses_and_resumes(cluster, poll, tmp_path):
+def test_a_job_on_the_batch_backend_waits_and_resumes(cluster, poll, tmp_path):
     """No endpoint reachable from the workers: the generation's requests go to a JSONL file,
-    the job stops with instructions, replies are produced elsewhere, and `resume` continues."""
-    from evo.jobs import resume_job
+    the job stays running with a note that says what to do, replies are produced elsewhere,
+    and resuming the jobs waiting on that directory continues it."""
+    from evo.jobs import is_waiting, resume_waiting_jobs
     from evo.llm import LLMClient, load_settings
     from evo.llm.batch import pending, run_pending
     from db.session import get_sessionmaker
@@ -79,20 +86,32 @@ def test_a_job_on_the_batch_backend_pauses_and_resumes(cluster, poll, tmp_path):
     batch = tmp_path / "batch"
     for name, queues in (("control", "control,cpu"), ("gpu", "gpu")):
         cluster.start_worker(name, queues, EVO_LLM_MODEL="fake-model", EVO_LLM_BATCH_DIR=str(batch))
-    job_id = run(cluster, poll, budget=4)
+    with session_scope(cluster.db_url) as s:
+        job_id = submit_job(s, "softmax", "evoengineer-full", 4, config={"seed": 3, "samplers": 4},
+                            celery_app=cluster.app).id
+
+    def waiting():
+        with session_scope(cluster.db_url) as s:
+            job = s.get(Job, job_id)
+            assert job.state == "running" or job.state == "queued", (job.state, job.error)
+            return is_waiting(job.state, job.error)
+    poll(waiting, 240, f"job {job_id} to wait for batch replies\n{cluster.log_tail()}")
     with session_scope(cluster.db_url) as s:
         job = s.get(Job, job_id)
-        assert job.state == "failed" and "4 LLM request(s) written to" in job.error and job.calls_used == 0
-    assert len(pending(batch)) == 4
+        assert job.error == (f"waiting for 4 batch replies in {batch}; run `evo llm batch run {batch}` "
+                             f"(or `evo llm batch submit` / `fetch`), then `evo resume {job_id}`")
+        assert job.calls_used == 0 and job.generation == 0  # nothing of generation 1 written
+    assert len(pending(batch)) == 4 and len(members(cluster, job_id)) == 1
 
     with FakeOpenAI(lambda body, n: kernel_reply(n)) as server:
         run_pending(batch, LLMClient(load_settings(server.env()), get_sessionmaker(cluster.db_url)))
     with session_scope(cluster.db_url) as s:
-        resume_job(s, job_id, celery_app=cluster.app)
+        assert resume_waiting_jobs(s, tmp_path / "elsewhere", celery_app=cluster.app) == []
+        assert [job.id for job in resume_waiting_jobs(s, batch, celery_app=cluster.app)] == [job_id]
     poll(lambda: _state(cluster, job_id) in ("done", "failed"), 240, f"job {job_id} to finish\n{cluster.log_tail()}")
     with session_scope(cluster.db_url) as s:
         job = s.get(Job, job_id)
-        assert job.state == "done" and job.calls_used == 4, job.error
+        assert job.state == "done" and job.calls_used == 4 and job.error is None, job.error
         calls = s.scalars(select(LLMCall).where(LLMCall.job_id == job_id)).all()
     assert len(calls) == 4 and all(c.endpoint == f"batch:{batch}" for c in calls)
     assert len([m for m in members(cluster, job_id) if m.generation == 1]) == 3  # one reply was prose

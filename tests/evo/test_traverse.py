@@ -45,6 +45,17 @@ def test_a_prompt_carries_exactly_its_layers(layers):
     assert ("tma loads (#3, triton): compile_error" in text) == (I2 in layers)
 
 
+def test_replies_without_code_reach_the_insights_layer():
+    """A reply with no usable code made no candidate; its reason still reaches I3's feedback."""
+    reason = "the reply has no ```python code block: send the whole Python module"
+    unusable = JobInfo(**{**job().__dict__, "unusable_replies": (reason,)})
+    for layers in ({I1, I3}, {I1}):
+        _, user = Traverse(frozenset(layers)).messages(unusable, HISTORY, Ask("mutation", (FAST,)), random.Random(0))
+        assert ("gave no kernel to evaluate" in user["content"] and reason in user["content"]) == (I3 in layers)
+    _, user = Traverse(frozenset({I1, I3})).messages(job(), HISTORY, Ask("mutation", (FAST,)), random.Random(0))
+    assert "gave no kernel to evaluate" not in user["content"]
+
+
 def test_stable_parts_come_first():
     """vLLM's prefix cache: the system prompt is the same for every prompt of a job and
     language, and every user prompt starts with the same task context."""

@@ -102,10 +102,36 @@ def test_settings_validate_the_environment(monkeypatch):
         settings("redis://localhost:6379/0")
 
 
+def _parent_pid(pid: int) -> int | None:
+    try:  # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def evaluation_processes(worker_pid: int) -> list[int]:
+    """The evaluation processes (workers.harness.child) spawned by the worker's pool processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = _parent_pid(int(entry.name))
+        if b"workers.harness.child" in argv and parent is not None and _parent_pid(parent) == worker_pid:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
 def test_worker_process_evaluates_once_and_never_raises(cluster, poll):
     good = add_candidate(SEED)
     broken = add_candidate("def entry(x):\n    return x +\n")
-    cluster.start_worker("gpu-test", "gpu")
+    worker = cluster.start_worker("gpu-test", "gpu")
+    # Warm start: the pool process spawns its evaluation process before any task arrives.
+    [warm] = poll(lambda: evaluation_processes(worker.pid), 60, f"an evaluation process\n{cluster.log_tail()}")
     sent = [cluster.app.send_task("workers.tasks.evaluate", args=(cid, None), queue="gpu")
             for cid in (good, good, broken)]
     results = [r.get(timeout=90) for r in sent]
@@ -118,6 +144,7 @@ def test_worker_process_evaluates_once_and_never_raises(cluster, poll):
     assert bad.status == "compile_error" and "syntax error at line 2" in bad.error
     with session_scope() as s:
         assert s.scalar(select(func.count(Evaluation.id))) == 2
+    assert evaluation_processes(worker.pid) == [warm]  # the warm process gave the verdicts
 
 
 def test_worker_specs_one_per_gpu_or_one_cpu_worker(monkeypatch):

@@ -136,3 +136,18 @@ def test_bad_input_raises(evaluator):
     with pytest.raises(ValueError, match="unknown language"):
         evaluator.evaluate("softmax", SEED, "fortran")
     assert evaluator.evaluate("softmax", SEED, time_it=False).status == "correct"
+
+
+def test_start_spawns_the_evaluation_process_before_the_first_evaluation():
+    """Warm start (a Celery GPU worker calls start() when its pool process starts): start()
+    returns at once, and the process it spawned gives the first verdict."""
+    with Evaluator(timeouts=TIMEOUTS) as ev:
+        assert ev.pid is None
+        ev.start()
+        pid = ev.pid
+        assert pid is not None and ev.device == CPU_DEVICE
+        ev.start()  # a running process is kept
+        assert ev.pid == pid
+        r = ev.evaluate("softmax", SEED, time_it=False)
+        assert r.status == "correct" and "start" in r.phases and ev.pid == pid, r.error
+        assert "start" not in ev.evaluate("softmax", SEED, time_it=False).phases
