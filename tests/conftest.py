@@ -9,6 +9,7 @@ import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -37,6 +38,32 @@ def sqlite_db(tmp_path, monkeypatch):
     monkeypatch.setenv("EVO_HOME", str(tmp_path))
     upgrade(url)
     return url
+
+
+@contextmanager
+def _postgres_schema(name: str):
+    """A fresh PostgreSQL schema of EVO_TEST_POSTGRES_URL's database, so tests that run side by
+    side stay apart; yields a URL whose search_path is that schema. Skips without the variable."""
+    from sqlalchemy import create_engine, text
+    base = os.environ.get("EVO_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("EVO_TEST_POSTGRES_URL is not set")
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {name} CASCADE"))
+        conn.execute(text(f"CREATE SCHEMA {name}"))
+    try:
+        yield f"{base}?options=-csearch_path%3D{name}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {name} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_schema():
+    """`with postgres_schema("name") as url:` a fresh schema of the test PostgreSQL database."""
+    return _postgres_schema
 
 
 def redis_url_for(db_number: int) -> str:

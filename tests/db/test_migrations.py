@@ -1,7 +1,5 @@
 """Alembic migrations build exactly the models' schema, and go down and up again, on SQLite
 and on PostgreSQL (EVO_TEST_POSTGRES_URL; in a schema of its own so other tests are untouched)."""
-import os
-
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
@@ -12,21 +10,12 @@ SCHEMA = "evo_service_migrations"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
+def url(request, tmp_path, postgres_schema):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'migrate.db'}"
         return
-    base = os.environ.get("EVO_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("EVO_TEST_POSTGRES_URL is not set")
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
-        conn.execute(text(f"CREATE SCHEMA {SCHEMA}"))
-    yield f"{base}?options=-csearch_path%3D{SCHEMA}"
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {SCHEMA} CASCADE"))
-    admin.dispose()
+    with postgres_schema(SCHEMA) as pg_url:
+        yield pg_url
 
 
 def tables(url: str) -> set[str]:

@@ -2,10 +2,8 @@
 from datetime import timedelta
 from pathlib import Path
 
-import os
-
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 
 from db.models import Candidate, Evaluation, utcnow
 from db.session import ConfigError, session_scope
@@ -21,28 +19,18 @@ PG_SCHEMA = "evo_service_claims"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def any_db(request, monkeypatch):
+def any_db(request, monkeypatch, postgres_schema):
     """The claim logic on both databases (PostgreSQL: row locks; SQLite: compare-and-set)."""
     if request.param == "sqlite":
         yield request.getfixturevalue("sqlite_db")
         return
-    base = os.environ.get("EVO_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("EVO_TEST_POSTGRES_URL is not set")
     from db.migrate import upgrade
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE"))
-        conn.execute(text(f"CREATE SCHEMA {PG_SCHEMA}"))
-    url = f"{base}?options=-csearch_path%3D{PG_SCHEMA}"
-    upgrade(url)
-    monkeypatch.setenv("EVO_DATABASE_URL", url)
-    yield url
     from db.session import get_engine
-    get_engine(url).dispose()
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {PG_SCHEMA} CASCADE"))
-    admin.dispose()
+    with postgres_schema(PG_SCHEMA) as url:
+        upgrade(url)
+        monkeypatch.setenv("EVO_DATABASE_URL", url)
+        yield url
+        get_engine(url).dispose()
 
 
 def add_candidate(source: str, task: str = "softmax") -> int:
