@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Index, Integer,
+from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Index, Integer, TypeDecorator,
                         MetaData, String, Text, UniqueConstraint)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -31,9 +31,23 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC times on every backend: SQLite keeps no zone and hands times back
+    naive, PostgreSQL's timestamptz keeps it; callers always get aware UTC datetimes."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return value.astimezone(timezone.utc) if value is not None and value.tzinfo else value
+
+    def process_result_value(self, value, dialect):
+        return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {dict: JSONType, list: JSONType, datetime: DateTime(timezone=True)}
+    type_annotation_map = {dict: JSONType, list: JSONType, datetime: UTCDateTime()}
 
 
 class JobState(str, enum.Enum):

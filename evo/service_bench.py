@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,8 +57,8 @@ def job_report(db_url: str, task: str, started: float) -> dict:
                          .order_by(Evaluation.finished_at)).all()
         progress = job_progress(s, job.id)
         curve = [c.as_dict() for c in generation_curve(s, job.id)]
-        finished = [_epoch(ev.finished_at) for ev, _ in rows]
-        created = _epoch(job.created_at)
+        finished = [ev.finished_at.timestamp() for ev, _ in rows]
+        created = job.created_at.timestamp()
         seed_id = s.scalar(select(JobCandidate.candidate_id).where(JobCandidate.job_id == job.id,
                                                                    JobCandidate.generation == 0))
         span = (finished[-1] - created) if finished else None
@@ -82,11 +81,6 @@ def job_report(db_url: str, task: str, started: float) -> dict:
             "curve": curve,
             "sources": [src for _, src in rows],
         }
-
-
-def _epoch(ts: datetime) -> float:
-    # SQLite hands back naive datetimes; they were written in UTC.
-    return (ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def _mean_phases(phases: list[dict]) -> dict:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from datetime import timedelta, timezone
+from datetime import timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_process_shutdown
@@ -102,7 +102,7 @@ def claim(candidate_id: int, device_name: str, worker: str) -> tuple[str, Evalua
         if row.status != Verdict.pending.value:
             return "finished", row
         now = utcnow()
-        if row.attempts and row.started_at and _aware(row.started_at) > now - _lease():
+        if row.attempts and row.started_at and row.started_at > now - _lease():
             return "in_flight", row
         if row.attempts >= MAX_ATTEMPTS:
             row.status = Verdict.runtime_error.value
@@ -116,11 +116,6 @@ def claim(candidate_id: int, device_name: str, worker: str) -> tuple[str, Evalua
                                    Evaluation.status == Verdict.pending.value)
                             .values(attempts=row.attempts + 1, started_at=now, worker=worker)).rowcount
         return ("run", row) if claimed == 1 else ("in_flight", row)
-
-
-def _aware(ts):
-    # SQLite returns naive datetimes even for timezone=True columns; they were written in UTC.
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
 
 
 def record(evaluation_id: int, result: EvalResult) -> bool:
@@ -154,7 +149,7 @@ def evaluate_candidate(candidate_id: int, job_id: int | None = None) -> dict:
         # Another attempt holds the claim. If it is alive it finishes the row; if it died (its
         # worker was killed and this is the redelivered task, or a resume), look again once its
         # lease has run out, then take over.
-        left = (_aware(row.started_at) + _lease() - utcnow()).total_seconds() if row.started_at else 0
+        left = (row.started_at + _lease() - utcnow()).total_seconds() if row.started_at else 0
         return {"candidate_id": candidate_id, "status": row.status, "reason": outcome,
                 "retry_in": max(left, 0) + 1}
     if outcome != "run":

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.orm import Session
 
 from db.models import Candidate, Job
@@ -23,12 +23,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def _as_utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
-# Times are stored in UTC; SQLite hands them back without a zone, and RFC 3339 needs one.
-UTCDateTime = Annotated[datetime, AfterValidator(_as_utc)]
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="job id")]
 CandidateId = Annotated[int, Path(ge=1, le=MAX_ID, description="candidate id")]
@@ -87,8 +81,8 @@ class JobOut(BaseModel):
     best_speedup_seed: float | None
     best_sol_fraction: float | None
     error: str | None
-    created_at: UTCDateTime | None
-    finished_at: UTCDateTime | None
+    created_at: datetime | None
+    finished_at: datetime | None
 
 
 class GenerationOut(BaseModel):
@@ -166,8 +160,8 @@ class EvaluationOut(BaseModel):
     environment: dict[str, Any]
     phases: dict[str, Any]
     worker: str | None
-    started_at: UTCDateTime | None
-    finished_at: UTCDateTime | None
+    started_at: datetime | None
+    finished_at: datetime | None
 
 
 class MembershipOut(BaseModel):
@@ -188,7 +182,7 @@ class CandidateOut(BaseModel):
     thought: str | None
     content_hash: str
     harness_version: str
-    created_at: UTCDateTime
+    created_at: datetime
     source: str
     evaluations: list[EvaluationOut]
     jobs: list[MembershipOut] = Field(description="the latest jobs (up to 20) that proposed it, with generation, "
@@ -209,26 +203,6 @@ class PopulationOut(BaseModel):
     device: str | None
     runtime_ms: float | None
     speedup_eager: float | None
-
-
-class LeaderboardRowOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    rank: int
-    task: str
-    device: str
-    candidate_id: int
-    language: str
-    runtime_ms: float | None
-    speedup_eager: float | None
-    speedup_compile: float | None
-    speedup_seed: float | None
-    sol_fraction: float | None
-    job_id: int | None
-    strategy: str | None
-    llm_model: str | None
-    operator: str | None
-    generation: int | None
-    date: UTCDateTime | None
 
 
 router = APIRouter(prefix="/api", responses={422: {"model": Error}})
@@ -344,7 +318,7 @@ def cancel_or_conflict(session: Session, job_id: int) -> None:
         raise HTTPException(409, str(e)) from None
 
 
-@router.get("/leaderboard", response_model=list[LeaderboardRowOut], responses=ERRORS,
+@router.get("/leaderboard", response_model=list[leaderboard.LeaderRow], responses=ERRORS,
             summary="The fastest correct kernels per task and GPU")
 def read_leaderboard(task: TaskName = None, gpu: DeviceName = None,
                      per_task: Annotated[int, Query(ge=1, le=100, description="rows per task and GPU")] = 10,
