@@ -1,7 +1,9 @@
 """GPU benchmark of the evaluation harness, in one run: every seed kernel against eager and
 torch.compile (timed by the harness itself), the verdict of every cheating/broken fixture
 (the GPU-only ones included), and the throughput of the warm Evaluator on fresh candidates
-(tunable variants of the softmax and rmsnorm seeds: each is new source, so Triton compiles).
+(tunable variants of the softmax and rmsnorm seeds: each is new source, so Triton compiles),
+and the timer itself: the same kernel timed by the harness's GpuTimer and by the earlier
+synchronize-then-events loop, with the host idle and with every core busy.
 
     python3 -m workers.benchmark --out DIR [--budget-s 270] [--variants 12] [--cpu]
 
@@ -16,7 +18,10 @@ import itertools
 import json
 import random
 import re
+import os
 import statistics
+import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -72,6 +77,57 @@ def tunable_variants(source: str, count: int, rng: random.Random) -> list[str]:
     return variants
 
 
+def busy_host(cores: int):
+    """Processes spinning on every core: a host as loaded as a busy Celery worker machine."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+
+
+def timer_under_load(out: Path) -> list[dict]:
+    """The softmax seed at its smallest benchmark shape (shortest kernel, so the most exposed to
+    host latency), timed by the harness's GpuTimer and by the earlier loop that synchronized
+    before recording the start event, on an idle and on a fully loaded host."""
+    import torch
+
+    from baselines import get_task
+    from workers.harness.timing import GpuTimer
+
+    task = get_task("softmax")
+    entry = importlib.import_module(task.seed).entry
+    shape = task.shapes[0]
+    sets = [task.make_inputs(shape, task.dtypes[0], 1000 + i, torch.device("cuda")) for i in range(3)]
+    timer = GpuTimer(torch.device("cuda"))
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def synchronize_then_events(trials: int = 60) -> float:
+        times = []
+        for n in range(trials):
+            timer.flush_l2()
+            torch.cuda.synchronize()
+            start.record()
+            entry(*sets[n % 3])
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        return statistics.median(times)
+
+    rows = []
+    for host in ("idle", "loaded"):
+        spinners = busy_host(os.cpu_count() or 1) if host == "loaded" else []
+        try:
+            m = timer.measure(entry, sets)
+            rows.append({"kind": "timer", "host": host, "shape": shape, "harness_ms": m.median,
+                         "harness_spread": m.spread, "wall_pass_events_ms": m.wall_event_median,
+                         "wall_pass_wall_ms": m.wall_median, "sync_then_events_ms": synchronize_then_events()})
+        finally:
+            for p in spinners:
+                p.kill()
+                p.wait()
+    with (out / "harness.jsonl").open("a") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    return rows
+
+
 class Run:
     def __init__(self, out: Path, budget_s: float, gpu: int | None):
         self.out = out
@@ -108,6 +164,7 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="dry run on the CPU interpreter (checks the script)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    timer_rows = [] if args.cpu else timer_under_load(args.out)
     run = Run(args.out, args.budget_s, None if args.cpu else 0)
     rng = random.Random(0)
     rows = []
@@ -135,26 +192,34 @@ def main() -> None:
     finally:
         run.evaluator.close()
         run.log.close()
-    summarize(rows)
+    summarize(rows, timer_rows)
 
 
-def summarize(rows: list[dict]) -> None:
-    print("\n## seeds (timed by the harness; eager and torch.compile of the reference in the same process)")
-    print("| task | shape | dtype | seed ms | spread | eager ms | compile ms | x eager | x compile | seed %SOL | eager %SOL | compile %SOL |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+def summarize(rows: list[dict], timer_rows: list[dict]) -> None:
+    if timer_rows:
+        print("\n## the timer on an idle and a loaded host (softmax seed, ms)")
+        print("| host | shape | GpuTimer (flush overlaps launch) | spread | wall pass: events / wall | synchronize then events |")
+        print("|---|---|---|---|---|---|")
+        for r in timer_rows:
+            print(f"| {r['host']} | {r['shape']} | {r['harness_ms']:.4f} | {100 * r['harness_spread']:.1f}% | "
+                  f"{r['wall_pass_events_ms']:.4f} / {r['wall_pass_wall_ms']:.4f} | {r['sync_then_events_ms']:.4f} |")
+    print("\n## seeds (timed by the harness; eager, torch.compile and the seed's own baseline in the same process)")
+    print("| task | shape | dtype | seed ms | spread | eager ms | compile ms | x eager | x compile | x seed (itself) | seed %SOL | eager %SOL | compile %SOL |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         if row["kind"] != "seed":
             continue
         r = row["result"]
         if r["status"] != "correct":
-            print(f"| {row['name']} | | | {r['status']}: {(r['error'] or '')[:80]} | | | | | | | | |")
+            print(f"| {row['name']} | | | {r['status']}: {(r['error'] or '')[:80]} | | | | | | | | | |")
         for t in r["timings"]:
             sol = t["sol_ms"]
             pct = lambda ms: f"{100 * sol / ms:.0f}%" if sol and ms else "-"  # noqa: E731
             f = lambda v, s=".4f": "-" if v is None else format(v, s)  # noqa: E731
             print(f"| {row['name']} | {','.join(f'{k}={v}' for k, v in t['shape'].items())} | {t['dtype']} | "
                   f"{f(t['median_ms'])} | {100 * t['spread']:.1f}% | {f(t['eager_ms'])} | {f(t['compile_ms'])} | "
-                  f"{f(t['speedup_eager'], '.2f')} | {f(t['speedup_compile'], '.2f')} | {pct(t['median_ms'])} | "
+                  f"{f(t['speedup_eager'], '.2f')} | {f(t['speedup_compile'], '.2f')} | {f(t['speedup_seed'], '.2f')} | "
+                  f"{pct(t['median_ms'])} | "
                   f"{pct(t['eager_ms'])} | {pct(t['compile_ms'])} |")
     print("\n## fixtures")
     print("| fixture | expected | got | ok | wall s | error (first line) |")

@@ -66,12 +66,18 @@ def test_speed_of_light_uses_the_slower_of_compute_and_memory():
     assert devices.speed_of_light_ms(1e12, 1e9, "bfloat16", "cpu-interpreter") is None
 
 
-def test_side_stream_rule():
-    honest = Measurement(times_ms=[0.100] * 10, wall_ms=[0.125] * 10, outputs=[])
-    hidden = Measurement(times_ms=[0.010] * 10, wall_ms=[0.110] * 10, outputs=[])
-    long_honest = Measurement(times_ms=[2.0] * 10, wall_ms=[2.04] * 10, outputs=[])
-    assert not side_stream_suspected(honest) and not side_stream_suspected(long_honest)
-    assert side_stream_suspected(hidden)
+def test_side_stream_rule_compares_wall_and_events_of_the_same_calls():
+    def measured(timed, wall, wall_events):
+        return Measurement(times_ms=[timed] * 10, wall_ms=[wall] * 6, wall_event_ms=[wall_events] * 6, outputs=[])
+
+    honest = measured(0.100, 0.125, 0.110)
+    # host launch latency shows in the wall pass's events as well as its wall time
+    launch_bound = measured(0.030, 0.140, 0.120)
+    hidden = measured(0.010, 0.110, 0.012)
+    long_honest = measured(2.0, 2.04, 2.01)
+    long_hidden = measured(2.0, 4.1, 2.0)
+    assert not any(map(side_stream_suspected, (honest, launch_bound, long_honest)))
+    assert side_stream_suspected(hidden) and side_stream_suspected(long_hidden)
 
 
 def test_evaluation_process_dies_with_a_killed_supervisor(poll):
