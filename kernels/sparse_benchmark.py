@@ -138,20 +138,22 @@ def sweep_decode():
     roles[0] = 1
     idx = hybrid_indices(B, L, K)
     best, rows = None, []
-    # Around the best of an earlier 16-config sweep (BPS 16..64, tile 2..4, warps 4/8, stages 2/3).
-    for bps, tile, warps, stages in ((32, 2, 4, 2), (32, 2, 4, 3), (64, 2, 4, 2), (16, 2, 4, 2), (32, 4, 4, 2),
-                                     (32, 1, 4, 3)):
-        hd_decode.BLOCKS_PER_SPLIT, hd_decode.TILE_PAGES = bps, tile
-        hd_decode.NUM_WARPS, hd_decode.NUM_STAGES = warps, stages
+    # Around the best of earlier sweeps (tile 1-2 pages, 4/8 warps, 2-4 stages, register caps
+    # None/128/168, 1-4 programs per SM), and the cost of a sparse head's page (eighths).
+    for cfg in ((2, 4, 2, None, 2, 8), (2, 4, 2, None, 2, 9), (2, 4, 2, None, 2, 10), (2, 4, 2, None, 2, 12),
+                (2, 4, 2, 168, 3, 9), (1, 8, 3, 128, 2, 9)):
+        (hd_decode.TILE_PAGES, hd_decode.NUM_WARPS, hd_decode.NUM_STAGES, hd_decode.MAX_REGS,
+         hd_decode.PROGRAMS_PER_SM, hd_decode.SPARSE_PAGE_COST) = cfg
         try:
             ms = timeit(graphed(lambda: hd_decode.hybrid_decode(q, k, v, table, lens, roles, idx)), reps=20)
         except Exception as e:  # a config that does not compile (shared memory) is skipped
-            log(f"sweep {bps} {tile} {warps} {stages}: {type(e).__name__}: {str(e)[:200]}")
+            log(f"sweep {cfg}: {type(e).__name__}: {str(e)[:200]}")
             continue
-        rows.append((bps, tile, warps, stages, ms))
+        rows.append(cfg + (ms,))
         if best is None or ms < best[-1]:
-            best = (bps, tile, warps, stages, ms)
-    hd_decode.BLOCKS_PER_SPLIT, hd_decode.TILE_PAGES, hd_decode.NUM_WARPS, hd_decode.NUM_STAGES = best[:4]
+            best = cfg + (ms,)
+    (hd_decode.TILE_PAGES, hd_decode.NUM_WARPS, hd_decode.NUM_STAGES, hd_decode.MAX_REGS,
+     hd_decode.PROGRAMS_PER_SM, hd_decode.SPARSE_PAGE_COST) = best[:6]
     del k, v
     return best, rows
 
@@ -275,7 +277,8 @@ def main():
     # The read bound: the best of the copy rate and the highest read rate SDPA reached.
     read_bw = max([bw] + [r["sdpa_tbs"] for r in result["decode"]])
     result["read_bw"] = read_bw
-    log(f"\ncopy {bw:.2f} TB/s, bound rate {read_bw:.2f} TB/s; decode config (BPS, tile, warps, stages, ms) {best}")
+    log(f"\ncopy {bw:.2f} TB/s, bound rate {read_bw:.2f} TB/s; decode config (tile, warps, stages, max regs, "
+        f"programs/SM, sparse page cost, ms) {best}")
     log("\n| B | L | k | SDPA ms | dense Triton ms | hybrid ms | hybrid+topk ms (eager) | speedup (ideal) | % of bound | SDPA / dense TB/s |")
     for r in result["decode"]:
         t_bound = r["need_bytes"] / read_bw / 1e9

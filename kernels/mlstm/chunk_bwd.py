@@ -17,8 +17,33 @@ import math
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 from kernels.mlstm.chunk_fwd import CHUNK, TILE, attend, check_inputs, gate_terms, state_scan
+
+ROWS = 64  # rows per program of `_row_dots`
+
+
+@triton.jit
+def _row_dots(a_ptr, b_ptr, out_ptr, R, D: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+    """out[r] = sum_d a[r, d] b[r, d] in fp32, without fp32 copies of a and b in memory."""
+    rows = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    valid = rows < R
+    acc = tl.zeros((BR,), tl.float32)
+    for d0 in range(0, D, BD):
+        offs = rows[:, None] * D + d0 + tl.arange(0, BD)[None, :]
+        a = tl.load(a_ptr + offs, mask=valid[:, None], other=0.0).to(tl.float32)
+        acc += tl.sum(a * tl.load(b_ptr + offs, mask=valid[:, None], other=0.0).to(tl.float32), axis=1)
+    tl.store(out_ptr + rows, acc, mask=valid)
+
+
+def row_dots(a, b):
+    """(..., D) x (..., D) -> (...) fp32 row-wise dot products."""
+    out = torch.empty(a.shape[:-1], device=a.device, dtype=torch.float32)
+    d = a.shape[-1]
+    _row_dots[(triton.cdiv(out.numel(), ROWS),)](a, b, out, out.numel(), D=d, BR=ROWS, BD=min(d, 128))
+    return out
 
 
 def mlstm_chunkwise_bwd(dh, q, k, v, i, f, h, c_states, n_states, den, s, chunk=None, tile=None):
@@ -34,11 +59,11 @@ def mlstm_chunkwise_bwd(dh, q, k, v, i, f, h, c_states, n_states, den, s, chunk=
     tp = gates["row"].shape[-1]
     m = gates["m"][:, :t]
     live = (s.abs() > torch.exp(-m)).float()
-    ds_scaled = F.pad(-(dh.float() * h.float()).sum(-1) * torch.sign(s) * live, (0, tp - t))  # ds' = ds * den
+    ds_scaled = F.pad(-row_dots(dh, h) * torch.sign(s) * live, (0, tp - t))  # ds' = ds * den
     log_den = F.pad(torch.log(den), (0, tp - t))
     row_g = gates["row"] - log_den
-    r_states, r_vec = state_scan(q, dh, gates["inter"] - log_den, gates["decay"], chunk=chunk, reverse=True,
-                                 coef=ds_scaled)
+    r_states, r_vec, _ = state_scan(q, dh, gates["inter"] - log_den, gates["decay"], chunk=chunk, reverse=True,
+                                    coef=ds_scaled)
     common = dict(chunk=chunk, tile=tile, scale=scale)
     dq = attend(dh, v, k, c_states, n_states, row_g, gates["col"], gates["inter"] - log_den, state_t=True,
                 extra=ds_scaled, row_extra=True, **common)
@@ -46,8 +71,8 @@ def mlstm_chunkwise_bwd(dh, q, k, v, i, f, h, c_states, n_states, den, s, chunk=
                 extra=ds_scaled, col_extra=True, **common)
     dv_ = attend(k, q, dh, r_states, r_vec, gates["col"], row_g, gates["weight"], reverse=True, **common)
     # gate gradients from the row and column sums of dL/dlog D
-    row_sums = (q.float() * dq.float()).sum(-1)
-    col_sums = (k.float() * dk.float()).sum(-1)
+    row_sums = row_dots(q, dq)
+    col_sums = row_dots(k, dk)
     d_log_f = (row_sums - col_sums).flip(-1).cumsum(-1).flip(-1)
     df = d_log_f * torch.sigmoid(-f.reshape(bh, t).float())
     shape = (b, nh, t)

@@ -2,11 +2,14 @@
 (kernels/mlstm/ops.py) uses `mlstm_chunkwise_fwd`, and the backward reuses both kernels.
 
 Three steps, none of which waits on another program:
-  1. gate terms (torch, O(T) floats): per-chunk cumulative log forget b, the chunk-boundary
-     stabilizers m_c (a max-plus scan: a cummax), per-token stabilizers m_t; every exponent the
-     kernels use is precomputed in log space and is <= 0, so no exp overflows.
+  1. gate terms (`_gate_chunks`, a cummax over chunks in torch, `_gate_tokens`; O(T) floats):
+     per-chunk cumulative log forget b, the chunk-boundary stabilizers m_c (a max-plus scan),
+     per-token stabilizers m_t; every exponent the kernels use is precomputed in log space and
+     is <= 0, so no exp overflows.
   2. `_chunk_state_scan`: the inter-chunk recurrence C_c = exp(decay_c) C_{c-1} + (k * w)^T v,
-     parallel over (DQK/BK, DV/BN) tiles of the state; stores the state before every chunk.
+     parallel over (DQK/BK, DV/BN) tiles of the state (fp32 in registers); stores the state
+     before every chunk in the inputs' dtype (bf16 at 7B: half the bytes, a bf16 tensor-core
+     dot in step 3).
   3. `_chunk_attend`: every (tile of BR rows in a chunk, DV block) at once: intra-chunk attention
      over the chunk's earlier column tiles (TFLA-style tiling: chunks of 64..512 as tiles of
      BR x BC, so the score tile stays in registers) plus q . C_{c-1}, then the normalizer.
@@ -25,21 +28,21 @@ CHUNK = 128  # tunable: 64, 128, 256, 512
 TILE = 64  # tunable: 32, 64, 128
 BLOCK_K = 64  # tunable: 32, 64, 128
 BLOCK_N = 256  # tunable: 64, 128, 256
-STATE_BLOCK_K = 64  # tunable: 32, 64, 128
-STATE_BLOCK_N = 64  # tunable: 32, 64, 128
+STATE_BLOCK_K = 128  # tunable: 32, 64, 128
+STATE_BLOCK_N = 128  # tunable: 32, 64, 128
+STATE_NUM_WARPS = 8  # tunable: 4, 8
 NUM_WARPS = 8  # tunable: 4, 8
 NUM_STAGES = 2  # tunable: 1, 2, 3
 EPS = 1e-6
-PAD_GATE = -1e30  # input gate of padding tokens: exp(-1e30 - anything) = 0, no inf - inf
 
 
 @triton.jit
-def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, vec_ptr, T, TP, NC, n_states,
+def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, final_ptr, vec_ptr, T, TP, NC, n_states,
                       KD: tl.constexpr, ND: tl.constexpr, CHUNK: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
                       REVERSE: tl.constexpr, HAS_COEF: tl.constexpr):
     """state <- exp(decay_c) state + (A_c * exp(wlog))^T B_c and vec <- exp(decay_c) vec + sum_j A_j exp(wlog_j) coef_j,
-    over chunks in order (or reversed); states[c] is the state before chunk c is absorbed, and
-    in forward order states[NC] the final one."""
+    over chunks in order (or reversed); states[c] (in the states' dtype) is the state before chunk c is
+    absorbed; in forward order the final state goes to `final` (fp32) and vec[NC] is the final vec."""
     pk, pn, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     rk = pk * BK + tl.arange(0, BK)
     rn = pn * BN + tl.arange(0, BN)
@@ -48,39 +51,41 @@ def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, v
     wlog_ptr += bh * TP
     coef_ptr += bh * TP
     decay_ptr += bh * NC
-    states_ptr += bh * n_states * KD * ND
+    states_ptr += bh * NC * KD * ND
     vec_ptr += bh * n_states * KD
     state = tl.zeros((BK, BN), tl.float32)
     vec = tl.zeros((BK,), tl.float32)
     for step in range(NC):
         c = NC - 1 - step if REVERSE else step
-        tl.store(states_ptr + c * KD * ND + rk[:, None] * ND + rn[None, :], state)
+        tl.store(states_ptr + c * KD * ND + rk[:, None] * ND + rn[None, :], state.to(states_ptr.dtype.element_ty))
         if pn == 0:
             tl.store(vec_ptr + c * KD + rk, vec)
         rows = c * CHUNK + tl.arange(0, CHUNK)
         valid = rows < T
-        a = tl.load(a_ptr + rows[:, None] * KD + rk[None, :], mask=valid[:, None], other=0.0)
+        # A_c loaded transposed and the weights put on B_c: no transpose of a register tile
+        a_t = tl.load(a_ptr + rk[:, None] + rows[None, :] * KD, mask=valid[None, :], other=0.0)
         b = tl.load(b_ptr + rows[:, None] * ND + rn[None, :], mask=valid[:, None], other=0.0)
         w = tl.exp(tl.load(wlog_ptr + rows))
         decay = tl.exp(tl.load(decay_ptr + c))
-        aw = a.to(tl.float32) * w[:, None]
-        state = decay * state + tl.dot(tl.trans(aw.to(b.dtype)), b)
+        state = decay * state + tl.dot(a_t, (b.to(tl.float32) * w[:, None]).to(a_t.dtype))
         if HAS_COEF:
-            aw = aw * tl.load(coef_ptr + rows)[:, None]
-        vec = decay * vec + tl.sum(aw, axis=0)
+            w = w * tl.load(coef_ptr + rows)
+        vec = decay * vec + tl.sum(a_t.to(tl.float32) * w[None, :], axis=1)
     if not REVERSE:
-        tl.store(states_ptr + NC * KD * ND + rk[:, None] * ND + rn[None, :], state)
+        tl.store(final_ptr + bh * KD * ND + rk[:, None] * ND + rn[None, :], state)
         if pn == 0:
             tl.store(vec_ptr + NC * KD + rk, vec)
 
 
 @triton.jit
 def _chunk_attend(x_ptr, y_ptr, z_ptr, state_ptr, vec_ptr, rg_ptr, cg_ptr, rs_ptr, extra_ptr, m_ptr,
-                  out_ptr, den_ptr, s_ptr, T, TP, n_states, st_k, st_n, scale, eps,
+                  out_ptr, den_ptr, s_ptr, T, TP, n_states, n_vec, st_k, st_n, scale, eps,
                   KD: tl.constexpr, ND: tl.constexpr, CHUNK: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
                   BK: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, FWD: tl.constexpr,
                   ROW_EXTRA: tl.constexpr, COL_EXTRA: tl.constexpr):
-    pr, pn, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    # the DV blocks of one row tile are neighbours in the launch order: they share its x, y loads in L2
+    n_blocks: tl.constexpr = (ND + BN - 1) // BN
+    pr, pn, bh = tl.program_id(0) // n_blocks, tl.program_id(0) % n_blocks, tl.program_id(1).to(tl.int64)
     if pr * BR >= T:
         return
     rows = pr * BR + tl.arange(0, BR)
@@ -97,12 +102,27 @@ def _chunk_attend(x_ptr, y_ptr, z_ptr, state_ptr, vec_ptr, rg_ptr, cg_ptr, rs_pt
     extra_ptr += bh * TP
     state_ptr += (bh * n_states + chunk) * KD * ND
     vec_len: tl.constexpr = KD if FWD else ND
-    vec_ptr += (bh * n_states + chunk) * vec_len
+    vec_ptr += (bh * n_vec + chunk) * vec_len
     rg = tl.load(rg_ptr + rows)
     if ROW_EXTRA:
         row_extra = tl.load(extra_ptr + rows)
+    # the state carried into (or, reversed, out of) this chunk, in the inputs' dtype (a tensor-core
+    # dot, half the bytes of fp32); its rows are weighted by exp(rs) after the dot
     acc = tl.zeros((BR, BN), tl.float32)
     s = tl.zeros((BR,), tl.float32)
+    for k0 in range(0, KD, BK):
+        rk = k0 + tl.arange(0, BK)
+        x = tl.load(x_ptr + rows[:, None] * KD + rk[None, :], mask=valid_r[:, None], other=0.0)
+        acc = tl.dot(x, tl.load(state_ptr + rk[:, None] * st_k + rn[None, :] * st_n).to(x.dtype), acc)
+        if FWD:
+            s += tl.sum(x.to(tl.float32) * tl.load(vec_ptr + rk)[None, :], axis=1)
+    state_scale = tl.exp(tl.load(rs_ptr + rows))
+    acc *= state_scale[:, None]
+    s *= state_scale
+    if ROW_EXTRA:
+        acc += (state_scale * row_extra)[:, None] * tl.load(vec_ptr + rn)[None, :]
+    if COL_EXTRA:
+        acc += state_scale[:, None] * tl.load(vec_ptr + rn)[None, :]
     if REVERSE:
         lo, hi = pr * BR, tl.minimum((chunk + 1) * CHUNK, T)
     else:
@@ -130,19 +150,6 @@ def _chunk_attend(x_ptr, y_ptr, z_ptr, state_ptr, vec_ptr, rg_ptr, cg_ptr, rs_pt
             s += tl.sum(score, axis=1)
         z = tl.load(z_ptr + cols[:, None] * ND + rn[None, :], mask=valid_c[:, None], other=0.0)
         acc += tl.dot(score.to(z.dtype), z)
-    # the state carried into (or, reversed, out of) this chunk, rows weighted by exp(rs)
-    state_scale = tl.exp(tl.load(rs_ptr + rows))
-    for k0 in range(0, KD, BK):
-        rk = k0 + tl.arange(0, BK)
-        x = tl.load(x_ptr + rows[:, None] * KD + rk[None, :], mask=valid_r[:, None], other=0.0).to(tl.float32)
-        x = x * state_scale[:, None]
-        acc += tl.dot(x, tl.load(state_ptr + rk[:, None] * st_k + rn[None, :] * st_n))
-        if FWD:
-            s += tl.sum(x * tl.load(vec_ptr + rk)[None, :], axis=1)
-    if ROW_EXTRA:
-        acc += (state_scale * row_extra)[:, None] * tl.load(vec_ptr + rn)[None, :]
-    if COL_EXTRA:
-        acc += state_scale[:, None] * tl.load(vec_ptr + rn)[None, :]
     acc = scale * acc
     if FWD:
         s = scale * s
@@ -155,30 +162,67 @@ def _chunk_attend(x_ptr, y_ptr, z_ptr, state_ptr, vec_ptr, rg_ptr, cg_ptr, rs_pt
     tl.store(out_ptr + rows[:, None] * ND + rn[None, :], acc.to(out_ptr.dtype.element_ty), mask=valid_r[:, None])
 
 
+@triton.jit
+def _max(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _chunk_log_gates(i_ptr, f_ptr, c, T, CHUNK: tl.constexpr):
+    """Chunk c's token positions, input gates (padding: -1e30, so exp(-1e30 - anything) = 0 without
+    inf - inf), b = cumulative logsigmoid(f) from the chunk start, and g = b at the chunk's end."""
+    rows = c * CHUNK + tl.arange(0, CHUNK)
+    valid = rows < T
+    f = tl.load(f_ptr + rows, mask=valid, other=0.0).to(tl.float32)
+    log_f = tl.where(valid, tl.minimum(f, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(f))), 0.0)
+    ig = tl.load(i_ptr + rows, mask=valid, other=-1e30).to(tl.float32)
+    b = tl.cumsum(log_f, 0)
+    g = tl.sum(tl.where(tl.arange(0, CHUNK) == CHUNK - 1, b, 0.0))
+    return rows, ig, b, g
+
+
+@triton.jit
+def _gate_chunks(i_ptr, f_ptr, g_ptr, a_ptr, T, NC, CHUNK: tl.constexpr):
+    """Per chunk: its log forget g and a = max_j g - b_j + i_j (the stabilizer of its own tokens' weights)."""
+    c, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    _, ig, b, g = _chunk_log_gates(i_ptr + bh * T, f_ptr + bh * T, c, T, CHUNK)
+    tl.store(g_ptr + bh * NC + c, g)
+    tl.store(a_ptr + bh * NC + c, tl.max(g - b + ig, 0))
+
+
+@triton.jit
+def _gate_tokens(i_ptr, f_ptr, m_chunk_ptr, row_ptr, col_ptr, inter_ptr, weight_ptr, m_ptr, T, NC,
+                 CHUNK: tl.constexpr):
+    """Per token, given the chunk stabilizers: m_t and every exponent the kernels use (all <= 0)."""
+    c, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    rows, ig, b, g = _chunk_log_gates(i_ptr + bh * T, f_ptr + bh * T, c, T, CHUNK)
+    m_chunk = tl.load(m_chunk_ptr + bh * NC + c)
+    m_prev = tl.load(m_chunk_ptr + bh * NC + c - 1, mask=c > 0, other=0.0)
+    m_tok = b + tl.maximum(m_prev, tl.associative_scan(ig - b, 0, _max))
+    out = bh * NC * CHUNK + rows
+    tl.store(row_ptr + out, b - m_tok)  # query side of the intra-chunk decay exp(b_t - b_j + i_j - m_t)
+    tl.store(col_ptr + out, ig - b)  # key side
+    tl.store(inter_ptr + out, b + m_prev - m_tok)  # weight of the carried state at token t
+    tl.store(weight_ptr + out, g - b + ig - m_chunk)  # weight of token j in the next state
+    tl.store(m_ptr + out, m_tok)
+
+
 def gate_terms(i: torch.Tensor, f: torch.Tensor, chunk: int) -> dict:
     """Log-space gate quantities, (BH, TP) per token or (BH, NC) per chunk, TP = NC * chunk, fp32.
     m_c (after chunk c) = G_c + max(0, cummax_c(a_c - G_c)): the recurrence m_c = max(g_c + m_{c-1}, a_c)
     from m = 0 solved in closed form (G: cumulative chunk log-forget g, a_c: max_j g_c - b_j + i_j)."""
     bh, t = i.shape
     nc = triton.cdiv(t, chunk)
-    pad = nc * chunk - t
-    log_f = F.pad(F.logsigmoid(f.float()), (0, pad)).view(bh, nc, chunk)
-    ig = F.pad(i.float(), (0, pad), value=PAD_GATE).view(bh, nc, chunk)
-    b = log_f.cumsum(-1)
-    g = b[..., -1]
-    a = (g[..., None] - b + ig).amax(-1)
+    i, f = i.contiguous(), f.contiguous()
+    g, a = (torch.empty(bh, nc, device=i.device, dtype=torch.float32) for _ in range(2))
+    _gate_chunks[(nc, bh)](i, f, g, a, t, nc, CHUNK=chunk)
     big_g = g.cumsum(-1)
     m_chunk = big_g + torch.cummax(a - big_g, dim=-1).values.clamp(min=0.0)
     m_prev = F.pad(m_chunk[:, :-1], (1, 0))
-    m_tok = b + torch.maximum(m_prev[..., None], torch.cummax(ig - b, dim=-1).values)
-    flat = lambda x: x.reshape(bh, nc * chunk).contiguous()  # noqa: E731
-    return dict(
-        row=flat(b - m_tok),  # query side of the intra-chunk decay exp(b_t - b_j + i_j - m_t)
-        col=flat(ig - b),  # key side
-        inter=flat(b + m_prev[..., None] - m_tok),  # weight of the carried state at token t
-        weight=flat(g[..., None] - b + ig - m_chunk[..., None]),  # weight of token j in the next state
-        decay=(g + m_prev - m_chunk).contiguous(),  # carried state's weight across chunk c
-        m=flat(m_tok), m_chunk=m_chunk, n_chunks=nc)
+    row, col, inter, weight, m = (torch.empty(bh, nc * chunk, device=i.device, dtype=torch.float32) for _ in range(5))
+    _gate_tokens[(nc, bh)](i, f, m_chunk, row, col, inter, weight, m, t, nc, CHUNK=chunk)
+    return dict(row=row, col=col, inter=inter, weight=weight, decay=g + m_prev - m_chunk, m=m, m_chunk=m_chunk,
+                n_chunks=nc)
 
 
 def check_inputs(q, k, v, i, f, chunk, tile):
@@ -191,6 +235,8 @@ def check_inputs(q, k, v, i, f, chunk, tile):
             raise ValueError(f"{name}={n} must be a power of two >= 16")
     if chunk % tile:
         raise ValueError(f"chunk size {chunk} must be a multiple of the tile {tile}")
+    if chunk & (chunk - 1):
+        raise ValueError(f"chunk size {chunk} must be a power of two")
 
 
 def attend(x, y, z, state, vec, rg, cg, rs, *, chunk, tile, scale, state_t=False, reverse=False, extra=None,
@@ -201,15 +247,16 @@ def attend(x, y, z, state, vec, rg, cg, rs, *, chunk, tile, scale, state_t=False
     nd = z.shape[-1]
     tp = rg.shape[-1]
     n_states, d0, d1 = state.shape[1:]
+    n_vec = vec.shape[1]
     st_k, st_n = (1, d1) if state_t else (d1, 1)
     out = torch.empty_like(z)
     fwd = fwd_m is not None
     den = torch.empty(bh, t, device=x.device, dtype=torch.float32) if fwd else out
     s = torch.empty_like(den) if fwd else out
     block_k, block_n = min(BLOCK_K, kd), min(BLOCK_N, nd)
-    grid = (tp // tile, triton.cdiv(nd, block_n), bh)
+    grid = (tp // tile * triton.cdiv(nd, block_n), bh)
     _chunk_attend[grid](x, y, z, state, vec, rg, cg, rs, extra if extra is not None else rg,
-                        fwd_m if fwd else rg, out, den, s, t, tp, n_states, st_k, st_n, scale, EPS,
+                        fwd_m if fwd else rg, out, den, s, t, tp, n_states, n_vec, st_k, st_n, scale, EPS,
                         KD=kd, ND=nd, CHUNK=chunk, BR=tile, BC=tile, BK=block_k, BN=block_n, REVERSE=reverse,
                         FWD=fwd, ROW_EXTRA=row_extra, COL_EXTRA=col_extra, num_warps=NUM_WARPS,
                         num_stages=NUM_STAGES)
@@ -217,24 +264,28 @@ def attend(x, y, z, state, vec, rg, cg, rs, *, chunk, tile, scale, state_t=False
 
 
 def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None):
-    """Launch `_chunk_state_scan`: states (BH, NC (+1 forward), KD, ND) and vec (BH, same, KD), fp32."""
+    """Launch `_chunk_state_scan`: states (BH, NC, KD, ND) in a's dtype, vec (BH, NC (+1 forward), KD) fp32,
+    and in forward order the final state (BH, KD, ND) fp32 (else None)."""
     bh, t, kd = a.shape
     nd = b.shape[-1]
     nc = decay.shape[-1]
     n_states = nc if reverse else nc + 1
-    states = torch.empty(bh, n_states, kd, nd, device=a.device, dtype=torch.float32)
+    states = torch.empty(bh, nc, kd, nd, device=a.device, dtype=a.dtype)
+    final = None if reverse else torch.empty(bh, kd, nd, device=a.device, dtype=torch.float32)
     vec = torch.empty(bh, n_states, kd, device=a.device, dtype=torch.float32)
     block_k, block_n = min(STATE_BLOCK_K, kd), min(STATE_BLOCK_N, nd)
     grid = (triton.cdiv(kd, block_k), triton.cdiv(nd, block_n), bh)
-    _chunk_state_scan[grid](a, b, wlog, decay, coef if coef is not None else wlog, states, vec, t, wlog.shape[-1],
+    _chunk_state_scan[grid](a, b, wlog, decay, coef if coef is not None else wlog, states,
+                            states if final is None else final, vec, t, wlog.shape[-1],
                             nc, n_states, KD=kd, ND=nd, CHUNK=chunk, BK=block_k, BN=block_n, REVERSE=reverse,
-                            HAS_COEF=coef is not None, num_warps=4, num_stages=NUM_STAGES)
-    return states, vec
+                            HAS_COEF=coef is not None, num_warps=STATE_NUM_WARPS, num_stages=NUM_STAGES)
+    return states, vec, final
 
 
 def mlstm_chunkwise_fwd(q, k, v, i, f, chunk=None, tile=None):
     """h (B, H, T, DV) and what the backward and a following decode need:
-    (h, C states (B*H, NC+1, DQK, DV), n states (B*H, NC+1, DQK), den (B*H, T), s (B*H, T), m_chunk (B*H, NC))."""
+    (h, C states before each chunk (B*H, NC, DQK, DV) in q's dtype, final C (B*H, DQK, DV) fp32,
+    n states (B*H, NC+1, DQK), den (B*H, T), s (B*H, T), m_chunk (B*H, NC))."""
     chunk = chunk or CHUNK
     tile = min(tile or TILE, chunk)
     check_inputs(q, k, v, i, f, chunk, tile)
@@ -242,10 +293,10 @@ def mlstm_chunkwise_fwd(q, k, v, i, f, chunk=None, tile=None):
     dv = v.shape[-1]
     q, k, v = (x.reshape(b * h, t, x.shape[-1]).contiguous() for x in (q, k, v))
     gates = gate_terms(i.reshape(b * h, t), f.reshape(b * h, t), chunk)
-    c_states, n_states = state_scan(k, v, gates["weight"], gates["decay"], chunk=chunk)
+    c_states, n_states, c_final = state_scan(k, v, gates["weight"], gates["decay"], chunk=chunk)
     out, den, s = attend(q, k, v, c_states, n_states, gates["row"], gates["col"], gates["inter"], chunk=chunk,
                          tile=tile, scale=1.0 / math.sqrt(dqk), fwd_m=gates["m"])
-    return out.view(b, h, t, dv), c_states, n_states, den, s, gates["m_chunk"]
+    return out.view(b, h, t, dv), c_states, c_final, n_states, den, s, gates["m_chunk"]
 
 
 def entry(q, k, v, i, f):

@@ -12,7 +12,7 @@ Tensor = torch.Tensor
 
 @torch.library.custom_op("evo::mlstm_chunkwise_fwd", mutates_args=())
 def mlstm_chunkwise_fwd_op(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, chunk: int, tile: int
-                           ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                           ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return mlstm_chunkwise_fwd(q, k, v, i, f, chunk, tile)
 
 
@@ -22,9 +22,9 @@ def _(q, k, v, i, f, chunk, tile):
     dv = v.shape[-1]
     nc = triton.cdiv(t, chunk)
     f32 = dict(dtype=torch.float32)
-    return (torch.empty_like(v, memory_format=torch.contiguous_format), q.new_empty(b * h, nc + 1, dqk, dv, **f32),
-            q.new_empty(b * h, nc + 1, dqk, **f32), q.new_empty(b * h, t, **f32), q.new_empty(b * h, t, **f32),
-            q.new_empty(b * h, nc, **f32))
+    return (torch.empty_like(v, memory_format=torch.contiguous_format), k.new_empty(b * h, nc, dqk, dv),
+            q.new_empty(b * h, dqk, dv, **f32), q.new_empty(b * h, nc + 1, dqk, **f32), q.new_empty(b * h, t, **f32),
+            q.new_empty(b * h, t, **f32), q.new_empty(b * h, nc, **f32))
 
 
 @torch.library.custom_op("evo::mlstm_chunkwise_bwd", mutates_args=())
@@ -41,8 +41,8 @@ def _(dh, q, k, v, i, f, h, c_states, n_states, den, s, chunk, tile):
 
 def _setup_context(ctx, inputs, output):
     q, k, v, i, f, chunk, tile = inputs
-    h, c_states, n_states, den, s, m_chunk = output
-    ctx.mark_non_differentiable(c_states, n_states, den, s, m_chunk)
+    h, c_states, c_final, n_states, den, s, m_chunk = output
+    ctx.mark_non_differentiable(c_states, c_final, n_states, den, s, m_chunk)
     ctx.save_for_backward(q, k, v, i, f, h, c_states, n_states, den, s)
     ctx.config = (chunk, tile)
 
@@ -70,11 +70,11 @@ def mlstm_chunkwise(q, k, v, i, f, chunk=None, tile=None, return_state=False):
     pre-activations i, f (B, H, T). Differentiable in all five. With return_state, also the final
     (C, n, m), fp32, to continue with `mlstm_step`."""
     chunk = chunk or CHUNK
-    h, c_states, n_states, _, _, m_chunk = mlstm_chunkwise_fwd_op(q, k, v, i, f, chunk, min(tile or TILE, chunk))
+    h, _, c_final, n_states, _, _, m_chunk = mlstm_chunkwise_fwd_op(q, k, v, i, f, chunk, min(tile or TILE, chunk))
     if not return_state:
         return h
     b, nh, _, dqk = q.shape
-    state = (c_states[:, -1].view(b, nh, dqk, v.shape[-1]), n_states[:, -1].view(b, nh, dqk),
+    state = (c_final.view(b, nh, dqk, v.shape[-1]), n_states[:, -1].view(b, nh, dqk),
              m_chunk[:, -1].view(b, nh))
     return h, state
 

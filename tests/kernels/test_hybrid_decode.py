@@ -42,12 +42,17 @@ def test_hybrid_decode_matches_reference(dtype, mix):
     assert scores.shape == (2, mix.get("Hkv", 2), inputs[3].shape[1])
 
 
-@pytest.mark.parametrize("split,tile,chunk", [(1, 1, 2), (2, 2, 4), (4, 4, 16)])
-def test_split_and_tile_sizes(split, tile, chunk, monkeypatch):
-    """Many splits per head merged in several chunks, tiles of several pages, a tile past the split's end."""
-    monkeypatch.setattr(decode, "BLOCKS_PER_SPLIT", split)
+@pytest.mark.parametrize("programs,tile,chunk,score_block,sparse_cost", [
+    (1, 1, 2, 4, 8), (3, 2, 4, 2, 9), (7, 4, 16, 1024, 12), (500, 2, 2, 4, 8), (11, 2, 4, 4, 17)])
+def test_program_counts_and_tile_sizes(programs, tile, chunk, score_block, sparse_cost, monkeypatch):
+    """One program for everything, ranges that cut heads and tiles anywhere (and, with sparse
+    pages dearer, hold no page of a head they touch), more programs than pages; tiles of several
+    pages; partials merged in several chunks; block scores written by several programs per head."""
+    monkeypatch.setattr(decode, "PROGRAMS_PER_SM", programs)  # one "multiprocessor" off the GPU
     monkeypatch.setattr(decode, "TILE_PAGES", tile)
     monkeypatch.setattr(decode, "SPLIT_CHUNK", chunk)
+    monkeypatch.setattr(decode, "SCORE_BLOCK", score_block)
+    monkeypatch.setattr(decode, "SPARSE_PAGE_COST", sparse_cost)
     inputs = make_hybrid_inputs(_shape(L=85, K=64, Hkv=3, Hq=6, R=2), torch.float32, seed=8, device=DEVICE)
     o, scores = hybrid_decode(*inputs)
     ref_o, ref_scores = hybrid_attention(*inputs)
