@@ -7,43 +7,45 @@ import torch
 import triton
 
 from kernels.race.chunk_bwd import race_bwd
-from kernels.race.chunk_fwd import CHUNK, hash_layout, race_fwd, segment_length
+from kernels.race.chunk_fwd import CHUNK, hash_consts, race_fwd, segment_length
 
 Tensor = torch.Tensor
 
 
 @torch.library.custom_op("evo::race_fwd", mutates_args=())
 def race_fwd_op(q: Tensor, k: Tensor, v: Tensor, w: Tensor, beta: float, chunk: int, seg_chunks: int, causal: bool
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return race_fwd(q, k, v, w, beta, chunk, seg_chunks, causal)
 
 
 @race_fwd_op.register_fake
 def _(q, k, v, w, beta, chunk, seg_chunks, causal):
     b, h, t, _ = q.shape
-    n_buckets = hash_layout(w)[1]["L_PAD"] * 2 ** w.shape[1]
+    n_buckets = hash_consts(w.shape[0], w.shape[1])["L_PAD"] * 2 ** w.shape[1]
     n_seg = triton.cdiv(t, segment_length(t, b * h, chunk, seg_chunks))
     return (torch.empty_like(v, memory_format=torch.contiguous_format), q.new_empty(b, h, t, dtype=torch.float32),
-            q.new_empty(b * h, n_seg, n_buckets, v.shape[-1], dtype=torch.float32),
-            q.new_empty(b * h, n_seg, n_buckets, dtype=torch.float32))
+            q.new_empty(b * h, n_seg, v.shape[-1], n_buckets, dtype=torch.float32),
+            q.new_empty(b * h, n_seg, n_buckets, dtype=torch.float32), q.new_empty(b, h, t, n_buckets),
+            q.new_empty(b, h, t, n_buckets))
 
 
 @torch.library.custom_op("evo::race_bwd", mutates_args=())
 def race_bwd_op(do: Tensor, q: Tensor, k: Tensor, v: Tensor, w: Tensor, o: Tensor, den: Tensor, sums: Tensor,
-                counts: Tensor, beta: float, chunk: int, seg_chunks: int, causal: bool) -> tuple[Tensor, Tensor, Tensor]:
-    return race_bwd(do, q, k, v, w, o, den, sums, counts, beta, chunk, seg_chunks, causal)
+                counts: Tensor, phq: Tensor, phk: Tensor, beta: float, chunk: int, seg_chunks: int, causal: bool
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    return race_bwd(do, q, k, v, w, o, den, sums, counts, phq, phk, beta, chunk, seg_chunks, causal)
 
 
 @race_bwd_op.register_fake
-def _(do, q, k, v, w, o, den, sums, counts, beta, chunk, seg_chunks, causal):
+def _(do, q, k, v, w, o, den, sums, counts, phq, phk, beta, chunk, seg_chunks, causal):
     return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, w, beta, chunk, seg_chunks, causal = inputs
-    o, den, sums, counts = output
-    ctx.mark_non_differentiable(den, sums, counts)
-    ctx.save_for_backward(q, k, v, w, o, den, sums, counts)
+    o, den, sums, counts, phq, phk = output
+    ctx.mark_non_differentiable(den, sums, counts, phq, phk)
+    ctx.save_for_backward(q, k, v, w, o, den, sums, counts, phq, phk)
     ctx.config = (beta, chunk, seg_chunks, causal)
 
 
