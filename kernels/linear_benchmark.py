@@ -266,26 +266,83 @@ def group_race_fla(out):
 # ---------------- where the time goes: each launch of our ops alone ----------------
 
 def group_mlstm_parts(out):
+    # every launch of one forward+backward, in order, with its GPU time (torch.profiler; no L2 flush)
     import torch
-    from kernels.mlstm import chunk_bwd, chunk_fwd
+    from torch.profiler import ProfilerActivity, profile
+    from kernels.mlstm import mlstm_chunkwise
+    for t in (8192, 65536):
+        xs = mlstm_inputs(t, grad=True)
+        dh = torch.randn(*xs[2].shape, device="cuda", dtype=xs[2].dtype)
+        for _ in range(3):
+            torch.autograd.grad(mlstm_chunkwise(*xs), xs, dh)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            torch.autograd.grad(mlstm_chunkwise(*xs), xs, dh)
+            torch.cuda.synchronize()
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        for n, e in enumerate(sorted(kernels, key=lambda e: e.time_range.start)):
+            emit(out, table="parts", impl=f"mlstm #{n} {e.name[:60]}", T=t, ms=e.time_range.elapsed_us() / 1e3)
+        xs = dh = None
+        torch.cuda.empty_cache()
+
+
+def group_mlstm_tune(out):
+    # the forward kernels' tunables at T=8192, chunk 128 (run by name: --groups mlstm_tune); the
+    # fastest state-scan and attend configurations are chunk_fwd.py's defaults
+    from kernels.mlstm import chunk_fwd as cf
     t, chunk = 8192, 128
     q, k, v, i, f = mlstm_inputs(t)
     b, h = q.shape[:2]
     flat = [x.reshape(b * h, t, x.shape[-1]) for x in (q, k, v)]
-    gates = chunk_fwd.gate_terms(i.reshape(b * h, t), f.reshape(b * h, t), chunk)
-    states, nvec = chunk_fwd.state_scan(flat[1], flat[2], gates["weight"], gates["decay"], chunk=chunk)
-    parts = {
-        "gate terms (torch)": lambda: chunk_fwd.gate_terms(i.reshape(b * h, t), f.reshape(b * h, t), chunk),
-        "state scan (fwd)": lambda: chunk_fwd.state_scan(flat[1], flat[2], gates["weight"], gates["decay"], chunk=chunk),
-        "attend (fwd)": lambda: chunk_fwd.attend(*flat, states, nvec, gates["row"], gates["col"], gates["inter"],
-                                                 chunk=chunk, tile=chunk_fwd.TILE, scale=1 / 16, fwd_m=gates["m"]),
-    }
-    h_out, _, _, den, s, _ = chunk_fwd.mlstm_chunkwise_fwd(q, k, v, i, f, chunk=chunk)
-    dh = torch.randn_like(h_out)
-    parts["whole backward"] = lambda: chunk_bwd.mlstm_chunkwise_bwd(dh, q, k, v, i, f, h_out, states, nvec, den, s,
-                                                                    chunk=chunk)
-    for name, fn in parts.items():
-        emit(out, table="parts", impl=f"mlstm {name}", T=t, ms=bench(fn))
+    gates = cf.gate_terms(i.reshape(b * h, t), f.reshape(b * h, t), chunk)
+    emit(out, table="parts", impl="mlstm tune gate terms", T=t,
+         ms=bench(lambda: cf.gate_terms(i.reshape(b * h, t), f.reshape(b * h, t), chunk)))
+    defaults = {n: getattr(cf, n) for n in ("STATE_BLOCK_K", "STATE_BLOCK_N", "STATE_NUM_WARPS", "TILE", "BLOCK_K",
+                                            "BLOCK_N", "NUM_WARPS", "NUM_STAGES")}
+    for sbk, sbn, warps in ((64, 64, 4), (64, 128, 8), (128, 128, 8)):
+        cf.STATE_BLOCK_K, cf.STATE_BLOCK_N, cf.STATE_NUM_WARPS = sbk, sbn, warps
+        emit(out, table="parts", impl=f"mlstm tune scan BK{sbk} BN{sbn} w{warps}", T=t,
+             ms=bench(lambda: cf.state_scan(flat[1], flat[2], gates["weight"], gates["decay"], chunk=chunk)))
+    for name, val in defaults.items():
+        setattr(cf, name, val)
+    states, nvec, _ = cf.state_scan(flat[1], flat[2], gates["weight"], gates["decay"], chunk=chunk)
+    for tile, bk, bn, warps, stages in ((64, 64, 128, 8, 2), (64, 32, 128, 8, 2), (64, 64, 64, 4, 2),
+                                        (64, 64, 256, 8, 2), (32, 64, 128, 4, 2), (64, 64, 128, 8, 3)):
+        cf.BLOCK_K, cf.BLOCK_N, cf.NUM_WARPS, cf.NUM_STAGES = bk, bn, warps, stages
+        ms = bench(lambda: cf.attend(*flat, states, nvec, gates["row"], gates["col"], gates["inter"], chunk=chunk,
+                                     tile=tile, scale=1 / 16, fwd_m=gates["m"]))
+        emit(out, table="parts", impl=f"mlstm tune attend tile{tile} BK{bk} BN{bn} w{warps} s{stages}", T=t, ms=ms)
+    for name, val in defaults.items():
+        setattr(cf, name, val)
+
+
+def group_mlstm_sweep(out):
+    # end to end, fwd and fwd+bwd, chunk 128 (run by name): the state scan's small blocks at T=65536 (64 programs
+    # with the large ones; "large" = SCAN_MIN_PROGRAMS 0), small blocks at T=8192 too, the attends without their
+    # register cap, and all of DV in one attend program (no q.k^T recomputed per DV block)
+    from kernels.mlstm import chunk_fwd as cf
+    from kernels.mlstm import mlstm_chunkwise
+    names = ("SCAN_MIN_PROGRAMS", "SMALL_STATE_BLOCK_K", "SMALL_STATE_BLOCK_N", "SMALL_STATE_NUM_WARPS", "ATTEND_MAX_NREG",
+             "BLOCK_N")
+    defaults = {n: getattr(cf, n) for n in names}
+    runs = [(65536, "large", dict(SCAN_MIN_PROGRAMS=0))]
+    runs += [(65536, f"small {bk}x{bn} w{w}", dict(SMALL_STATE_BLOCK_K=bk, SMALL_STATE_BLOCK_N=bn, SMALL_STATE_NUM_WARPS=w))
+             for bk, bn, w in ((64, 64, 4), (64, 64, 8), (32, 64, 4), (64, 128, 8))]
+    runs += [(8192, "default", {}), (8192, "small 64x64 w4", dict(SCAN_MIN_PROGRAMS=1024))]
+    runs += [(8192, "no register cap", dict(ATTEND_MAX_NREG=None)), (8192, "BN 512", dict(BLOCK_N=512))]
+    for t, label, changes in runs:
+        for name, val in {**defaults, **changes}.items():
+            setattr(cf, name, val)
+        try:
+            xs = mlstm_inputs(t)
+            emit(out, table="parts", impl=f"mlstm sweep fwd {label}", T=t, ms=bench(lambda: mlstm_chunkwise(*xs)))
+            xs = mlstm_inputs(t, grad=True)
+            emit(out, table="parts", impl=f"mlstm sweep fwd+bwd {label}", T=t, ms=time_fwd_bwd(mlstm_chunkwise, xs))
+        except Exception as e:  # noqa: BLE001 - e.g. a block size out of shared memory
+            emit(out, table="parts", impl=f"mlstm sweep {label} error", T=t, ms=float("nan"), error=str(e)[:200])
+        xs = None
+    for name, val in defaults.items():
+        setattr(cf, name, val)
 
 
 def group_race_parts(out):
@@ -295,28 +352,34 @@ def group_race_parts(out):
     from kernels.race import chunk_bwd, chunk_fwd
     t = 1 << 22
     q, k, v, w = race_inputs(t, 3, 3)
-    o, den, sums, counts = chunk_fwd.race_fwd(q, k, v, w)
+    o, den, sums, counts, phq, phk = chunk_fwd.race_fwd(q, k, v, w)
     do = torch.randn_like(o)
-    wt, consts = chunk_fwd.hash_layout(w)
+    w32, hm, consts = chunk_fwd.hash_layout(w)
     seg_len = chunk_fwd.segment_length(t, 4, chunk_fwd.CHUNK)
     n_seg = triton.cdiv(t, seg_len)
-    launch = dict(D=128, DV=128, CHUNK=chunk_fwd.CHUNK, num_warps=chunk_fwd.NUM_WARPS,
-                  num_stages=chunk_fwd.NUM_STAGES, **consts)
     beta = 1 / math.sqrt(128)
-    grid = (n_seg, 4)
+    fwd = dict(S=phq.shape[-1], CHUNK=chunk_fwd.CHUNK, num_warps=chunk_fwd.NUM_WARPS, num_stages=chunk_fwd.NUM_STAGES)
+    bwd = dict(fwd, DV=128, BV=chunk_fwd.BWD_BLOCK_V, num_warps=chunk_fwd.BWD_WARPS)
+    grid, bv, nv = (n_seg, 4), chunk_fwd.BLOCK_V, 128 // chunk_fwd.BWD_BLOCK_V
+    dd = torch.empty(nv, 1, 4, t, device="cuda")
+    dsums, dcounts = torch.empty_like(sums), torch.empty(nv * 4, n_seg, phq.shape[-1], device="cuda")
+    dphq, dphk = torch.randn(2, nv, 1, 4, t, phq.shape[-1], device="cuda")
+    dv = torch.empty_like(v)
     parts = {
-        "segment sums (fwd)": lambda: chunk_fwd._race_segment_sums[grid](k, v, wt, sums, counts, t, seg_len, n_seg,
-                                                                          beta, **launch),
-        "chunks (fwd)": lambda: chunk_fwd._race_fwd_chunks[grid](q, k, v, wt, sums, counts, o, den, t, seg_len,
-                                                                  n_seg, beta, CAUSAL=True, **launch),
-        "dq (bwd)": lambda: chunk_bwd._race_bwd_dq[grid](q, k, v, o, do, den, wt, sums, counts, q.clone(), t,
-                                                         seg_len, n_seg, beta, CAUSAL=True, **launch),
-        "segment sums (bwd)": lambda: chunk_bwd._race_bwd_segment_sums[grid](q, o, do, den, wt, sums.clone(),
-                                                                              counts.clone(), t, seg_len, n_seg,
-                                                                              beta, **launch),
-        "dk dv (bwd)": lambda: chunk_bwd._race_bwd_dkdv[grid](q, k, v, o, do, den, wt, sums, counts, k.clone(),
-                                                              v.clone(), t, seg_len, n_seg, beta, CAUSAL=True,
-                                                              **launch),
+        "hash of q (fwd)": lambda: chunk_fwd.soft_hash(q, w32, hm, consts, beta),
+        "segment sums (fwd)": lambda: chunk_fwd._race_segment_sums[grid](phk, v, sums, counts, t, seg_len, n_seg,
+                                                                          DV=128, **fwd),
+        "chunks (fwd)": lambda: chunk_fwd._race_fwd_chunks[(128 // bv, *grid)](phq, phk, v, sums, counts, o, den, t,
+                                                                                seg_len, n_seg, DV=128, BV=bv,
+                                                                                CAUSAL=True, **fwd),
+        "dphi(q) + segment sums (bwd)": lambda: chunk_bwd._race_bwd_dq[(nv, *grid)](phq, phk, v, o, do, den, sums,
+                                                                                    counts, dphq, dd, dsums, dcounts,
+                                                                                    t, seg_len, n_seg, CAUSAL=True,
+                                                                                    **bwd),
+        "dphi(k), dv (bwd)": lambda: chunk_bwd._race_bwd_dkdv[(nv, *grid)](phq, phk, v, do, den, dd, dsums, dcounts,
+                                                                           dphk, dv, t, seg_len, n_seg, CAUSAL=True,
+                                                                           **bwd),
+        "hash backward of q (bwd)": lambda: chunk_bwd.hash_bwd(q, dphq, w32, hm, consts, beta),
     }
     for name, fn in parts.items():
         emit(out, table="parts", impl=f"race P3L3 {name}", T=t, ms=bench(fn))

@@ -65,14 +65,13 @@ def mlstm_chunkwise_bwd(dh, q, k, v, i, f, h, c_states, n_states, den, s, chunk=
     r_states, r_vec, _ = state_scan(q, dh, gates["inter"] - log_den, gates["decay"], chunk=chunk, reverse=True,
                                     coef=ds_scaled)
     common = dict(chunk=chunk, tile=tile, scale=scale)
-    dq = attend(dh, v, k, c_states, n_states, row_g, gates["col"], gates["inter"] - log_den, state_t=True,
-                extra=ds_scaled, row_extra=True, **common)
-    dk = attend(v, dh, q, r_states, r_vec, gates["col"], row_g, gates["weight"], state_t=True, reverse=True,
-                extra=ds_scaled, col_extra=True, **common)
+    # with the gate gradients' row dots q . dq and k . dk
+    dq, row_sums = attend(dh, v, k, c_states, n_states, row_g, gates["col"], gates["inter"] - log_den, state_t=True,
+                          extra=ds_scaled, row_extra=True, dot_w=q, **common)
+    dk, col_sums = attend(v, dh, q, r_states, r_vec, gates["col"], row_g, gates["weight"], state_t=True,
+                          reverse=True, extra=ds_scaled, col_extra=True, dot_w=k, **common)
     dv_ = attend(k, q, dh, r_states, r_vec, gates["col"], row_g, gates["weight"], reverse=True, **common)
     # gate gradients from the row and column sums of dL/dlog D
-    row_sums = row_dots(q, dq)
-    col_sums = row_dots(k, dk)
     d_log_f = (row_sums - col_sums).flip(-1).cumsum(-1).flip(-1)
     df = d_log_f * torch.sigmoid(-f.reshape(bh, t).float())
     shape = (b, nh, t)

@@ -27,12 +27,21 @@ import triton.language as tl
 CHUNK = 128  # tunable: 64, 128, 256, 512
 TILE = 64  # tunable: 32, 64, 128
 BLOCK_K = 64  # tunable: 32, 64, 128
-BLOCK_N = 256  # tunable: 64, 128, 256
+BLOCK_N = 256  # tunable: 64, 128, 256, 512
 STATE_BLOCK_K = 128  # tunable: 32, 64, 128
 STATE_BLOCK_N = 128  # tunable: 32, 64, 128
 STATE_NUM_WARPS = 8  # tunable: 4, 8
+# long T, small batch: fewer scan programs than this with the blocks above (64 at T=64K, B=1) leave SMs
+# idle while each program walks every chunk, so the scan then takes the smaller blocks below
+SCAN_MIN_PROGRAMS = 256  # tunable: 0, 132, 256, 512
+SMALL_STATE_BLOCK_K = 64  # tunable: 32, 64, 128
+SMALL_STATE_BLOCK_N = 64  # tunable: 32, 64, 128
+SMALL_STATE_NUM_WARPS = 4  # tunable: 4, 8
 NUM_WARPS = 8  # tunable: 4, 8
 NUM_STAGES = 2  # tunable: 1, 2, 3
+# a register cap on the attends: uncapped they take 170-200 registers, one 8-warp program per SM; 128 fit two
+# (a few spills) and made forward+backward 20% faster on the H200 (docs/benchmarks/linear.md)
+ATTEND_MAX_NREG = 128  # tunable: None, 128
 EPS = 1e-6
 
 
@@ -79,10 +88,10 @@ def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, f
 
 @triton.jit
 def _chunk_attend(x_ptr, y_ptr, z_ptr, state_ptr, vec_ptr, rg_ptr, cg_ptr, rs_ptr, extra_ptr, m_ptr,
-                  out_ptr, den_ptr, s_ptr, T, TP, n_states, n_vec, st_k, st_n, scale, eps,
+                  out_ptr, den_ptr, s_ptr, dot_w_ptr, dot_ptr, T, TP, n_states, n_vec, st_k, st_n, scale, eps,
                   KD: tl.constexpr, ND: tl.constexpr, CHUNK: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
                   BK: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, FWD: tl.constexpr,
-                  ROW_EXTRA: tl.constexpr, COL_EXTRA: tl.constexpr):
+                  ROW_EXTRA: tl.constexpr, COL_EXTRA: tl.constexpr, ROW_DOT: tl.constexpr):
     # the DV blocks of one row tile are neighbours in the launch order: they share its x, y loads in L2
     n_blocks: tl.constexpr = (ND + BN - 1) // BN
     pr, pn, bh = tl.program_id(0) // n_blocks, tl.program_id(0) % n_blocks, tl.program_id(1).to(tl.int64)
@@ -160,6 +169,9 @@ def _chunk_attend(x_ptr, y_ptr, z_ptr, state_ptr, vec_ptr, rg_ptr, cg_ptr, rs_pt
             tl.store(den_ptr + bh * T + rows, den, mask=valid_r)
             tl.store(s_ptr + bh * T + rows, s, mask=valid_r)
     tl.store(out_ptr + rows[:, None] * ND + rn[None, :], acc.to(out_ptr.dtype.element_ty), mask=valid_r[:, None])
+    if ROW_DOT:  # one block holds whole rows: their dots with w (q . dq, k . dk) instead of a pass over both
+        w = tl.load(dot_w_ptr + bh * T * ND + rows[:, None] * ND + rn[None, :], mask=valid_r[:, None], other=0.0)
+        tl.store(dot_ptr + bh * T + rows, tl.sum(acc * w.to(tl.float32), axis=1), mask=valid_r)
 
 
 @triton.jit
@@ -240,9 +252,10 @@ def check_inputs(q, k, v, i, f, chunk, tile):
 
 
 def attend(x, y, z, state, vec, rg, cg, rs, *, chunk, tile, scale, state_t=False, reverse=False, extra=None,
-           row_extra=False, col_extra=False, fwd_m=None):
+           row_extra=False, col_extra=False, fwd_m=None, dot_w=None):
     """Launch `_chunk_attend`; x, y (BH, T, KD), z (BH, T, ND), state (BH, n, DQK, DV) read as KD x ND
-    (transposed when state_t). Returns out (BH, T, ND) [, den, s when fwd_m is given]."""
+    (transposed when state_t). Returns out (BH, T, ND) [, den, s when fwd_m is given] [, the fp32 row dots of
+    out with dot_w (BH, T, ND) when given]."""
     bh, t, kd = x.shape
     nd = z.shape[-1]
     tp = rg.shape[-1]
@@ -254,13 +267,19 @@ def attend(x, y, z, state, vec, rg, cg, rs, *, chunk, tile, scale, state_t=False
     den = torch.empty(bh, t, device=x.device, dtype=torch.float32) if fwd else out
     s = torch.empty_like(den) if fwd else out
     block_k, block_n = min(BLOCK_K, kd), min(BLOCK_N, nd)
+    row_dot = dot_w is not None and block_n == nd
+    dots = torch.empty(bh, t, device=x.device, dtype=torch.float32) if row_dot else out
     grid = (tp // tile * triton.cdiv(nd, block_n), bh)
     _chunk_attend[grid](x, y, z, state, vec, rg, cg, rs, extra if extra is not None else rg,
-                        fwd_m if fwd else rg, out, den, s, t, tp, n_states, n_vec, st_k, st_n, scale, EPS,
-                        KD=kd, ND=nd, CHUNK=chunk, BR=tile, BC=tile, BK=block_k, BN=block_n, REVERSE=reverse,
-                        FWD=fwd, ROW_EXTRA=row_extra, COL_EXTRA=col_extra, num_warps=NUM_WARPS,
-                        num_stages=NUM_STAGES)
-    return (out, den, s) if fwd else out
+                        fwd_m if fwd else rg, out, den, s, dot_w if row_dot else out, dots, t, tp, n_states, n_vec,
+                        st_k, st_n, scale, EPS, KD=kd, ND=nd, CHUNK=chunk, BR=tile, BC=tile, BK=block_k, BN=block_n,
+                        REVERSE=reverse, FWD=fwd, ROW_EXTRA=row_extra, COL_EXTRA=col_extra, ROW_DOT=row_dot,
+                        num_warps=NUM_WARPS, num_stages=NUM_STAGES, maxnreg=ATTEND_MAX_NREG)
+    if dot_w is None:
+        return (out, den, s) if fwd else out
+    if not row_dot:  # rows split over several blocks (BLOCK_N < ND)
+        dots = (out.float() * dot_w.float()).sum(-1)
+    return out, dots
 
 
 def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None):
@@ -273,12 +292,14 @@ def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None):
     states = torch.empty(bh, nc, kd, nd, device=a.device, dtype=a.dtype)
     final = None if reverse else torch.empty(bh, kd, nd, device=a.device, dtype=torch.float32)
     vec = torch.empty(bh, n_states, kd, device=a.device, dtype=torch.float32)
-    block_k, block_n = min(STATE_BLOCK_K, kd), min(STATE_BLOCK_N, nd)
+    block_k, block_n, warps = min(STATE_BLOCK_K, kd), min(STATE_BLOCK_N, nd), STATE_NUM_WARPS
+    if triton.cdiv(kd, block_k) * triton.cdiv(nd, block_n) * bh < SCAN_MIN_PROGRAMS:
+        block_k, block_n, warps = min(SMALL_STATE_BLOCK_K, kd), min(SMALL_STATE_BLOCK_N, nd), SMALL_STATE_NUM_WARPS
     grid = (triton.cdiv(kd, block_k), triton.cdiv(nd, block_n), bh)
     _chunk_state_scan[grid](a, b, wlog, decay, coef if coef is not None else wlog, states,
                             states if final is None else final, vec, t, wlog.shape[-1],
                             nc, n_states, KD=kd, ND=nd, CHUNK=chunk, BK=block_k, BN=block_n, REVERSE=reverse,
-                            HAS_COEF=coef is not None, num_warps=STATE_NUM_WARPS, num_stages=NUM_STAGES)
+                            HAS_COEF=coef is not None, num_warps=warps, num_stages=NUM_STAGES)
     return states, vec, final
 
 

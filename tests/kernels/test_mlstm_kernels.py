@@ -50,6 +50,26 @@ def test_chunkwise_forward_state_and_gradients_match_reference(shape, chunk, til
         assert rel(got, want) < 2e-5, name
 
 
+def test_small_blocks(monkeypatch):
+    # below SCAN_MIN_PROGRAMS the scan switches to the small blocks: here 2 x 2 tiles of the state; attends with
+    # two DV blocks per row (the backward's row dots then taken outside the kernel)
+    from kernels.mlstm import chunk_fwd
+    xs = inputs(t=40, dqk=32, dv=32)
+    monkeypatch.setattr(chunk_fwd, "BLOCK_N", 16)
+    monkeypatch.setattr(chunk_fwd, "SCAN_MIN_PROGRAMS", 10 ** 9)
+    monkeypatch.setattr(chunk_fwd, "SMALL_STATE_BLOCK_K", 16)
+    monkeypatch.setattr(chunk_fwd, "SMALL_STATE_BLOCK_N", 16)
+    leaves64 = [x.double().requires_grad_(True) for x in xs]
+    golden = ref.mlstm_parallel(*leaves64)
+    dh = torch.randn_like(golden)
+    golden_grads = torch.autograd.grad(golden, leaves64, dh)
+    leaves = [x.clone().requires_grad_(True) for x in xs]
+    h = mlstm_chunkwise(*leaves, chunk=16, tile=16)
+    assert rel(h, golden) < 1e-5
+    for name, got, want in zip("qkvif", torch.autograd.grad(h, leaves, dh.float()), golden_grads):
+        assert rel(got, want) < 2e-5, name
+
+
 def test_step_matches_reference_and_continues_a_prefill():
     q, k, v, i, f = inputs(t=12)
     h_pre, state = mlstm_chunkwise(q[..., :11, :], k[..., :11, :], v[..., :11, :], i[..., :11], f[..., :11],
