@@ -359,8 +359,8 @@ def group_race_parts(out):
     n_seg = triton.cdiv(t, seg_len)
     beta = 1 / math.sqrt(128)
     fwd = dict(S=phq.shape[-1], CHUNK=chunk_fwd.CHUNK, num_warps=chunk_fwd.NUM_WARPS, num_stages=chunk_fwd.NUM_STAGES)
-    bwd = dict(fwd, DV=128, BV=chunk_fwd.BWD_BLOCK_V, num_warps=chunk_fwd.BWD_WARPS)
-    grid, bv, nv = (n_seg, 4), chunk_fwd.BLOCK_V, 128 // chunk_fwd.BWD_BLOCK_V
+    bwd = dict(fwd, DV=128, BV=chunk_bwd.BWD_BLOCK_V, num_warps=chunk_bwd.BWD_WARPS)
+    grid, bv, nv = (n_seg, 4), chunk_fwd.BLOCK_V, 128 // chunk_bwd.BWD_BLOCK_V
     dd = torch.empty(nv, 1, 4, t, device="cuda")
     dsums, dcounts = torch.empty_like(sums), torch.empty(nv * 4, n_seg, phq.shape[-1], device="cuda")
     dphq, dphk = torch.randn(2, nv, 1, 4, t, phq.shape[-1], device="cuda")

@@ -212,7 +212,7 @@ def num_programs(B, Hkv, max_blocks, device):
 def hybrid_decode(q, k_cache, v_cache, block_table, seq_lens, is_retrieval, indices, scores=True):
     """Returns (o [B, Hq, D], scores [B, Hkv, max_blocks] fp32, or None when scores=False)."""
     B, Hq, D = q.shape
-    n_pages, Hkv, P, Dk = k_cache.shape
+    _, Hkv, P, Dk = k_cache.shape
     if Dk != D or Hq % Hkv or v_cache.shape != k_cache.shape or D & (D - 1) or P & (P - 1) or P < 16:
         raise ValueError(f"hybrid_decode: bad shapes q {tuple(q.shape)} k_cache {tuple(k_cache.shape)} "
                          f"v_cache {tuple(v_cache.shape)} (D and P must be powers of two, P >= 16)")

@@ -17,34 +17,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
-from kernels.mlstm.chunk_fwd import CHUNK, TILE, attend, check_inputs, gate_terms, state_scan
-
-ROWS = 64  # rows per program of `_row_dots`
-
-
-@triton.jit
-def _row_dots(a_ptr, b_ptr, out_ptr, R, D: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
-    """out[r] = sum_d a[r, d] b[r, d] in fp32, without fp32 copies of a and b in memory."""
-    rows = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
-    valid = rows < R
-    acc = tl.zeros((BR,), tl.float32)
-    for d0 in range(0, D, BD):
-        offs = rows[:, None] * D + d0 + tl.arange(0, BD)[None, :]
-        a = tl.load(a_ptr + offs, mask=valid[:, None], other=0.0).to(tl.float32)
-        acc += tl.sum(a * tl.load(b_ptr + offs, mask=valid[:, None], other=0.0).to(tl.float32), axis=1)
-    tl.store(out_ptr + rows, acc, mask=valid)
-
-
-def row_dots(a, b):
-    """(..., D) x (..., D) -> (...) fp32 row-wise dot products."""
-    out = torch.empty(a.shape[:-1], device=a.device, dtype=torch.float32)
-    d = a.shape[-1]
-    _row_dots[(triton.cdiv(out.numel(), ROWS),)](a, b, out, out.numel(), D=d, BR=ROWS, BD=min(d, 128))
-    return out
-
+from kernels.mlstm.chunk_fwd import CHUNK, TILE, attend, check_inputs, gate_terms, row_dots, state_scan
 
 def mlstm_chunkwise_bwd(dh, q, k, v, i, f, h, c_states, n_states, den, s, chunk=None, tile=None):
     chunk = chunk or CHUNK

@@ -251,6 +251,30 @@ def check_inputs(q, k, v, i, f, chunk, tile):
         raise ValueError(f"chunk size {chunk} must be a power of two")
 
 
+ROWS = 64  # rows per program of `_row_dots`
+
+
+@triton.jit
+def _row_dots(a_ptr, b_ptr, out_ptr, R, D: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr):
+    """out[r] = sum_d a[r, d] b[r, d] in fp32, without fp32 copies of a and b in memory."""
+    rows = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    valid = rows < R
+    acc = tl.zeros((BR,), tl.float32)
+    for d0 in range(0, D, BD):
+        offs = rows[:, None] * D + d0 + tl.arange(0, BD)[None, :]
+        a = tl.load(a_ptr + offs, mask=valid[:, None], other=0.0).to(tl.float32)
+        acc += tl.sum(a * tl.load(b_ptr + offs, mask=valid[:, None], other=0.0).to(tl.float32), axis=1)
+    tl.store(out_ptr + rows, acc, mask=valid)
+
+
+def row_dots(a, b):
+    """(..., D) x (..., D) -> (...) fp32 row-wise dot products."""
+    out = torch.empty(a.shape[:-1], device=a.device, dtype=torch.float32)
+    d = a.shape[-1]
+    _row_dots[(triton.cdiv(out.numel(), ROWS),)](a, b, out, out.numel(), D=d, BR=ROWS, BD=min(d, 128))
+    return out
+
+
 def attend(x, y, z, state, vec, rg, cg, rs, *, chunk, tile, scale, state_t=False, reverse=False, extra=None,
            row_extra=False, col_extra=False, fwd_m=None, dot_w=None):
     """Launch `_chunk_attend`; x, y (BH, T, KD), z (BH, T, ND), state (BH, n, DQK, DV) read as KD x ND
@@ -278,7 +302,7 @@ def attend(x, y, z, state, vec, rg, cg, rs, *, chunk, tile, scale, state_t=False
     if dot_w is None:
         return (out, den, s) if fwd else out
     if not row_dot:  # rows split over several blocks (BLOCK_N < ND)
-        dots = (out.float() * dot_w.float()).sum(-1)
+        dots = row_dots(out, dot_w)
     return out, dots
 
 

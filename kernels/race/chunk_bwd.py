@@ -30,6 +30,9 @@ from kernels.race import chunk_fwd
 from kernels.race.chunk_fwd import (_dot_hl, _dot_lh, _hash_logits, _load_wt, check_inputs, hash_layout,
                                     segment_length, starting_sums)
 
+BWD_WARPS = 4  # 8 measured 1.5-1.7x slower (docs/benchmarks/linear.md)
+BWD_BLOCK_V = 128  # 64: twice the programs, half the state each
+
 
 @triton.jit
 def _race_hash_bwd(x_ptr, w_ptr, hm_ptr, dphi_ptr, dx_ptr, T, beta, D: tl.constexpr, ROWS: tl.constexpr,
@@ -173,9 +176,9 @@ def race_bwd(do, q, k, v, w, o, den, sums, counts, phq, phk, beta=None, chunk=No
     n_seg = triton.cdiv(t, seg_len)
     if sums.shape[1] != n_seg:
         raise ValueError(f"saved state has {sums.shape[1]} segments, expected {n_seg}: same chunk/seg_chunks please")
-    bv = min(chunk_fwd.BWD_BLOCK_V, dv_dim)
+    bv = min(BWD_BLOCK_V, dv_dim)
     nv = dv_dim // bv
-    launch = dict(DV=dv_dim, BV=bv, S=s, CHUNK=chunk, num_warps=chunk_fwd.BWD_WARPS,
+    launch = dict(DV=dv_dim, BV=bv, S=s, CHUNK=chunk, num_warps=BWD_WARPS,
                   num_stages=chunk_fwd.NUM_STAGES)
     grid = (nv, n_seg, b * h)
     # the value blocks' partial dphi, dd and E (see the module docstring)

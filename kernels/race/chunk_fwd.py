@@ -29,8 +29,6 @@ import triton.language as tl
 
 CHUNK = 64  # tunable: 64, 128
 NUM_WARPS = 4  # tunable: 4, 8
-BWD_WARPS = 4  # tunable: 4, 8
-BWD_BLOCK_V = 128  # tunable: 64, 128
 NUM_STAGES = 2  # tunable: 2, 3
 TARGET_PROGRAMS = 1024  # tunable: 264, 528, 1024, 2048
 BLOCK_V = 128  # tunable: 64, 128

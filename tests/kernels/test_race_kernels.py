@@ -49,9 +49,9 @@ def test_forward_and_gradients_match_reference(shape, chunk, seg_chunks, causal)
 @pytest.mark.parametrize("causal", [True, False])
 def test_value_blocks_split_across_programs(causal, monkeypatch):
     # forward and backward scans each split DV = 32 into two blocks of 16 programs
-    from kernels.race import chunk_fwd
+    from kernels.race import chunk_bwd, chunk_fwd
     monkeypatch.setattr(chunk_fwd, "BLOCK_V", 16)
-    monkeypatch.setattr(chunk_fwd, "BWD_BLOCK_V", 16)
+    monkeypatch.setattr(chunk_bwd, "BWD_BLOCK_V", 16)
     q, k, v, w = inputs(t=45, p=3, n_tables=2, dv=32)
     leaves64 = [x.double().requires_grad_(True) for x in (q, k, v)]
     golden = ref.race_attention(*leaves64, w.double(), causal=causal)
