@@ -6,8 +6,10 @@
 2. measures the copy bandwidth (the bound for decode);
 3. hybrid-head decode, 32 q / 8 kv heads, d 128, bf16, pages of 64, 1 of 8 KV heads
    retrieval: dense SDPA decode (enable_gqa), our dense split-KV Triton decode, ours hybrid
-   (decode alone and decode + block top-k), for batch 1 and 8, contexts 8K..512K,
-   budgets k = 1024..4096; first a small sweep of the decode kernel's tunables;
+   (decode alone, with the layer's hand-over of blocks and pages and with blocks alone, and
+   decode + block top-k), for batch 1 and 8, contexts 8K..512K, budgets k = 1024..4096;
+   first a small sweep of the decode kernel's tunables; last, at B 8 / 128K / k 4096, the
+   same timings with L2 flushed by reading instead of writing and without a flush (diagnostic);
 4. chunk-sparse prefill (chunk 64, top-8, window 512, d 128, 32 q / 8 kv heads) against
    SDPA causal flash attention, 8K..256K.
 Times: CUDA events around each call, L2 flushed (256 MB written) before each, median.
@@ -36,8 +38,9 @@ DEV = "cuda"
 FLUSH = None
 
 
-def timeit(fn, reps=30, warmup=3):
-    """Median ms of `reps` calls, each after an L2 flush, timed with CUDA events."""
+def timeit(fn, reps=30, warmup=3, flush="write"):
+    """Median ms of `reps` calls, each after an L2 flush (256 MB written; "read": read, which
+    leaves no dirty lines to write back; None: no flush), timed with CUDA events."""
     global FLUSH
     if FLUSH is None:
         FLUSH = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device=DEV)
@@ -45,7 +48,10 @@ def timeit(fn, reps=30, warmup=3):
         fn()
     times = []
     for _ in range(reps):
-        FLUSH.zero_()
+        if flush == "write":
+            FLUSH.zero_()
+        elif flush == "read":
+            FLUSH.view(torch.int32).max()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
@@ -90,10 +96,19 @@ def checks():
         o, sc = hd_decode.hybrid_decode(*inp)
         ro, rsc = hd_ref.hybrid_attention(*inp)
         rows.append((f"hybrid_decode R={R}", rel_err(o, ro), rel_err(sc, rsc) if R else 0.0))
+        table, idx = inp[3], inp[6]
+        pages = table.long().gather(1, idx.clamp(min=0).flatten(1).long()).view_as(idx)
+        o, sc = hd_decode.hybrid_decode(*inp, pages=torch.where(idx >= 0, pages, -1).int())
+        rows.append((f"hybrid_decode R={R}, page list", rel_err(o, ro), rel_err(sc, rsc) if R else 0.0))
     o = hd_decode.dense_decode(*inp[:5])
     rows.append(("dense_decode", rel_err(o, hd_ref.dense_decode(*inp[:5])), 0.0))
     tk = hd_ref.make_topk_inputs({"B": 8, "Hkv": 8, "NB": 2048, "K": 64, "ragged": 1}, torch.float32, 1, DEV)
     rows.append(("block_topk (mismatching rows)", float((hd_topk.block_topk(*tk) != hd_ref.block_topk(*tk)).any(-1).sum()), 0.0))
+    table = torch.randperm(8 * 2048, device=DEV).view(8, 2048).int()
+    sel, ref = hd_topk.block_topk(*tk, block_table=table), hd_ref.block_topk(*tk)
+    ref_pages = torch.where(ref >= 0, table.long().gather(1, ref.clamp(min=0).flatten(1).long()).view_as(ref), -1)
+    rows.append(("block_topk with pages (mismatching rows)",
+                 float(((sel[:, :, 0] != ref) | (sel[:, :, 1] != ref_pages)).any(-1).sum()), 0.0))
     for Tq in (3000, 1):
         s = {"B": 1, "Hq": 32, "Hkv": 8, "T": 3000, "Tq": Tq, "D": 128, "S": 64, "N": 8, "W": 512}
         q, lmk, T, S, N = cs_ref.make_topn_inputs(s, bf16, 2, DEV)
@@ -125,35 +140,52 @@ def paged_cache(B, L, Hkv=8, D=128, P=64):
     return k, v, table, lens
 
 
-def hybrid_indices(B, L, k_tokens, Hkv=8, P=64):
+def hybrid_handover(B, L, k_tokens, table, Hkv=8, P=64):
+    """A layer's hand-over [B, Hkv, 2, k / P]: blocks picked from random scores, and their pages."""
     scores = torch.rand(B, Hkv, L // P, device=DEV)
-    return hd_topk.block_topk(scores, torch.full((B,), L // P, dtype=torch.int32, device=DEV), k_tokens // P, 1, 2)
+    n_blocks = torch.full((B,), L // P, dtype=torch.int32, device=DEV)
+    return hd_topk.block_topk(scores, n_blocks, k_tokens // P, 1, 2, block_table=table)
+
+
+TUNABLES = ("TILE_PAGES", "NUM_WARPS", "NUM_STAGES", "MAX_REGS", "PROGRAMS_PER_SM", "LISTED_PAGE_COST", "USE_PDL")
 
 
 def sweep_decode():
+    """The split kernel's tunables at B 8 / 128K / k 4096 with the layer's hand-over (blocks and
+    pages); sets the fastest. Tuples in TUNABLES' order."""
     B, L, K = 8, 131072, 4096
     k, v, table, lens = paged_cache(B, L)
     q = torch.randn(B, 32, 128, device=DEV, dtype=torch.bfloat16)
     roles = torch.zeros(8, dtype=torch.int32, device=DEV)
     roles[0] = 1
-    idx = hybrid_indices(B, L, K)
-    best, rows = None, []
+    sel = hybrid_handover(B, L, K, table)
+    best, rows, first = None, [], None
     # Around the best of earlier sweeps (tile 1-2 pages, 4/8 warps, 2-4 stages, register caps
-    # None/128/168, 1-4 programs per SM), and the cost of a sparse head's page (eighths).
-    for cfg in ((2, 4, 2, None, 2, 8), (2, 4, 2, None, 2, 9), (2, 4, 2, None, 2, 10), (2, 4, 2, None, 2, 12),
-                (2, 4, 2, 168, 3, 9), (1, 8, 3, 128, 2, 9)):
-        (hd_decode.TILE_PAGES, hd_decode.NUM_WARPS, hd_decode.NUM_STAGES, hd_decode.MAX_REGS,
-         hd_decode.PROGRAMS_PER_SM, hd_decode.SPARSE_PAGE_COST) = cfg
+    # None/128/168, 1-4 programs per SM), the cost of a listed sparse page (eighths), and PDL.
+    # Each config's output is compared with the first one's: one that differs is not timed.
+    for cfg in ((2, 4, 2, None, 2, 8, True), (2, 4, 2, None, 2, 9, True), (2, 4, 2, None, 2, 8, False),
+                (2, 8, 2, None, 1, 8, True), (4, 8, 2, None, 1, 8, True), (1, 4, 3, None, 2, 8, True)):
+        for name, val in zip(TUNABLES, cfg):
+            setattr(hd_decode, name, val)
         try:
-            ms = timeit(graphed(lambda: hd_decode.hybrid_decode(q, k, v, table, lens, roles, idx)), reps=20)
+            o, sc = hd_decode.hybrid_decode(q, k, v, table, lens, roles, sel[:, :, 0], pages=sel[:, :, 1])
+            if first is None:
+                first = o.float(), sc
+            elif rel_err(o, first[0]) > 1e-2 or rel_err(sc, first[1]) > 1e-4:
+                log(f"sweep {cfg}: output differs from the first config's ({rel_err(o, first[0]):.2e}, "
+                    f"{rel_err(sc, first[1]):.2e}): skipped")
+                continue
+            ms = timeit(graphed(lambda: hd_decode.hybrid_decode(q, k, v, table, lens, roles, sel[:, :, 0],
+                                                                 pages=sel[:, :, 1])), reps=20)
         except Exception as e:  # a config that does not compile (shared memory) is skipped
             log(f"sweep {cfg}: {type(e).__name__}: {str(e)[:200]}")
             continue
         rows.append(cfg + (ms,))
+        log("sweep", cfg, f"{ms:.4f}")
         if best is None or ms < best[-1]:
             best = cfg + (ms,)
-    (hd_decode.TILE_PAGES, hd_decode.NUM_WARPS, hd_decode.NUM_STAGES, hd_decode.MAX_REGS,
-     hd_decode.PROGRAMS_PER_SM, hd_decode.SPARSE_PAGE_COST) = best[:6]
+    for name, val in zip(TUNABLES, best):
+        setattr(hd_decode, name, val)
     del k, v
     return best, rows
 
@@ -179,21 +211,25 @@ def bench_decode(bw, contexts, batches, budgets):
             for K in budgets:
                 if K >= L:
                     continue
-                idx = hybrid_indices(B, L, K)
+                sel = hybrid_handover(B, L, K, table)  # the previous layer's hand-over: blocks and pages
+                idx = sel[:, :, 0].contiguous()  # blocks alone (the task's entry)
 
                 def step():
-                    o, scores = hd_decode.hybrid_decode(q, k, v, table, lens, roles, idx)
-                    fresh = hd_topk.block_topk(scores, n_blocks, K // P, 1, 2)
-                    return o, torch.where(roles.bool()[None, :, None], fresh, idx)
+                    o, scores = hd_decode.hybrid_decode(q, k, v, table, lens, roles, sel[:, :, 0], pages=sel[:, :, 1])
+                    fresh = hd_topk.block_topk(scores, n_blocks, K // P, 1, 2, block_table=table)
+                    return o, torch.where(roles.bool()[None, :, None, None], fresh, sel)
 
-                t_hyb = timeit(graphed(lambda: hd_decode.hybrid_decode(q, k, v, table, lens, roles, idx)))
+                t_hyb = timeit(graphed(lambda: hd_decode.hybrid_decode(q, k, v, table, lens, roles, sel[:, :, 0],
+                                                                       pages=sel[:, :, 1])))
+                t_hyb_idx = timeit(graphed(lambda: hd_decode.hybrid_decode(q, k, v, table, lens, roles, idx)))
                 t_step = timeit(graphed(step))
                 t_step_eager = timeit(step)
                 f_r = 1 / Hkv
                 ratio = f_r + (1 - f_r) * K / L
                 need = 2 * B * (L + (Hkv - 1) * K) * D * 2  # KV bytes actually needed
                 t_bound = need / bw / 1e9
-                rows.append(dict(B=B, L=L, K=K, sdpa=t_sdpa, dense=t_dense, hybrid=t_hyb, step=t_step,
+                rows.append(dict(B=B, L=L, K=K, sdpa=t_sdpa, dense=t_dense, hybrid=t_hyb, hybrid_blocks_only=t_hyb_idx,
+                                 step=t_step,
                                  step_eager=t_step_eager, need_bytes=need,
                                  ideal_ratio=ratio, speedup=t_sdpa / t_hyb, speedup_step=t_sdpa / t_step,
                                  ideal_speedup=1 / ratio, bound_ms=t_bound, pct_bound=100 * t_bound / t_hyb,
@@ -202,6 +238,28 @@ def bench_decode(bw, contexts, batches, budgets):
                 log(json.dumps(rows[-1]))
             del k, v
             torch.cuda.empty_cache()
+    return rows
+
+
+def flush_diagnostic():
+    """B 8 / 128K / k 4096: SDPA and hybrid with the L2 flushed by writing (the tables' way),
+    by reading (no dirty lines left to write back while the kernel reads) and not at all."""
+    B, L, K, P = 8, 131072, 4096, 64
+    k, v, table, lens = paged_cache(B, L)
+    q = torch.randn(B, 32, 128, device=DEV, dtype=torch.bfloat16)
+    roles = torch.zeros(8, dtype=torch.int32, device=DEV)
+    roles[0] = 1
+    sel = hybrid_handover(B, L, K, table)
+    hyb = graphed(lambda: hd_decode.hybrid_decode(q, k, v, table, lens, roles, sel[:, :, 0], pages=sel[:, :, 1]))
+    kd = torch.randn(B, 8, L, 128, device=DEV, dtype=torch.bfloat16)
+    vd = torch.randn_like(kd)
+    sdpa = graphed(lambda: F.scaled_dot_product_attention(q[:, :, None], kd, vd, enable_gqa=True))
+    rows = []
+    for flush in ("write", "read", None):
+        rows.append(dict(flush=flush, sdpa=timeit(sdpa, flush=flush), hybrid=timeit(hyb, flush=flush)))
+        log(json.dumps(rows[-1]))
+    del k, v, kd, vd
+    torch.cuda.empty_cache()
     return rows
 
 
@@ -262,12 +320,17 @@ def main():
     bw = copy_bandwidth()
     result["copy_tbs"] = bw
     log(f"copy bandwidth {bw:.2f} TB/s")
+    defaults = tuple(getattr(hd_decode, n) for n in TUNABLES)  # as committed; the checks above ran on them
     best, sweep = sweep_decode()
     result["sweep"], result["best"] = sweep, best
     log("sweep best", best, f"{time.time() - t0:.0f}s")
+    if best is not None and tuple(best[:len(TUNABLES)]) != defaults:  # the checks again, on the config timed
+        result["checks_best"] = checks()
+        log("checks (sweep's config)", json.dumps(result["checks_best"]))
     ctx = (8192, 131072) if args.quick else (8192, 32768, 131072, 524288)
     result["decode"] = bench_decode(bw, ctx, (1, 8), (1024, 2048, 4096))
     log(f"decode done {time.time() - t0:.0f}s")
+    result["flush_diagnostic"] = flush_diagnostic()
     lengths = (8192, 131072) if args.quick else (8192, 16384, 32768, 65536, 131072, 262144)
     result["prefill"] = bench_prefill(lengths)
     log(f"prefill done {time.time() - t0:.0f}s")
@@ -277,15 +340,17 @@ def main():
     # The read bound: the best of the copy rate and the highest read rate SDPA reached.
     read_bw = max([bw] + [r["sdpa_tbs"] for r in result["decode"]])
     result["read_bw"] = read_bw
-    log(f"\ncopy {bw:.2f} TB/s, bound rate {read_bw:.2f} TB/s; decode config (tile, warps, stages, max regs, "
-        f"programs/SM, sparse page cost, ms) {best}")
-    log("\n| B | L | k | SDPA ms | dense Triton ms | hybrid ms | hybrid+topk ms (eager) | speedup (ideal) | % of bound | SDPA / dense TB/s |")
+    log(f"\ncopy {bw:.2f} TB/s, bound rate {read_bw:.2f} TB/s; decode config ({', '.join(TUNABLES)}, ms) {best}")
+    log("\n| B | L | k | SDPA ms | dense Triton ms | hybrid ms (blocks only) | hybrid+topk ms (eager) | speedup (ideal) | % of bound | SDPA / dense TB/s |")
     for r in result["decode"]:
         t_bound = r["need_bytes"] / read_bw / 1e9
-        log(f"| {r['B']} | {r['L'] // 1024}K | {r['K']} | {r['sdpa']:.3f} | {r['dense']:.3f} | {r['hybrid']:.3f} | "
+        log(f"| {r['B']} | {r['L'] // 1024}K | {r['K']} | {r['sdpa']:.3f} | {r['dense']:.3f} | {r['hybrid']:.3f} "
+            f"({r['hybrid_blocks_only']:.3f}) | "
             f"{r['step']:.3f} ({r['step_eager']:.3f}) | {r['speedup']:.2f}x / {r['speedup_step']:.2f}x "
             f"({r['ideal_speedup']:.2f}x) | {100 * t_bound / r['hybrid']:.0f}% / {100 * t_bound / r['step']:.0f}% | "
             f"{r['sdpa_tbs']:.2f} / {r['dense_tbs']:.2f} |")
+    log("\nflush diagnostic, B 8 / 128K / k 4096 (ms): " + "; ".join(
+        f"{r['flush']}: SDPA {r['sdpa']:.4f}, hybrid {r['hybrid']:.4f}" for r in result["flush_diagnostic"]))
     log("\n| T | SDPA ms | topN ms | chunk attn ms | window ms | total ms | speedup | TFLOP/s attn/win/topN/SDPA |")
     for r in result["prefill"]:
         log(f"| {r['T'] // 1024}K | {r['sdpa']:.2f} | {r['topn']:.2f} | {r['attn']:.2f} | {r['window']:.2f} | "
