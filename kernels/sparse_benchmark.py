@@ -1,18 +1,22 @@
 """GPU benchmark of the sparse-attention family (docs/benchmarks/sparse.md), one run:
 
-  python3 -m kernels.sparse_benchmark [--out DIR] [--quick]
+  python3 -m kernels.sparse_benchmark [--out DIR] [--quick] [--flush read|write]
 
 1. checks every kernel against its reference in bf16 on the GPU;
-2. measures the copy bandwidth (the bound for decode);
+2. measures the copy bandwidth (with SDPA's read rates, the bound for decode);
 3. hybrid-head decode, 32 q / 8 kv heads, d 128, bf16, pages of 64, 1 of 8 KV heads
    retrieval: dense SDPA decode (enable_gqa), our dense split-KV Triton decode, ours hybrid
-   (decode alone, with the layer's hand-over of blocks and pages and with blocks alone, and
-   decode + block top-k), for batch 1 and 8, contexts 8K..512K, budgets k = 1024..4096;
-   first a small sweep of the decode kernel's tunables; last, at B 8 / 128K / k 4096, the
-   same timings with L2 flushed by reading instead of writing and without a flush (diagnostic);
+   (decode alone and decode + block top-k), for batch 1 and 8, contexts 8K..512K,
+   budgets k = 1024..4096; first a small sweep of the decode kernel's tunables; last, a
+   diagnostic: SDPA and hybrid at B 8 / 128K / k 4096 and B 1 / 8K / k 1024 (a cache that
+   fits in L2) with each flush method and with none;
 4. chunk-sparse prefill (chunk 64, top-8, window 512, d 128, 32 q / 8 kv heads) against
    SDPA causal flash attention, 8K..256K.
-Times: CUDA events around each call, L2 flushed (256 MB written) before each, median.
+Times: CUDA events around each call, L2 flushed before each, median. The flush (--flush,
+one setting for every timed row, peers and the copy test included) reads 256 MB by default:
+that evicts L2 (about 50 MB on the H200) and leaves it clean, as the kernels before a decode
+step in a model do. Writing 256 MB ("write", the method of earlier runs) evicts it too, but
+leaves L2 full of dirty lines whose write-back to DRAM lands inside the next timed kernel.
 """
 import argparse
 import json
@@ -36,14 +40,20 @@ from kernels.hybrid_decode import topk as hd_topk
 
 DEV = "cuda"
 FLUSH = None
+FLUSH_MODE = "read"  # --flush: the method for every timed row
+FLUSH_MODES = ("read", "write", "none")
 
 
-def timeit(fn, reps=30, warmup=3, flush="write"):
-    """Median ms of `reps` calls, each after an L2 flush (256 MB written; "read": read, which
-    leaves no dirty lines to write back; None: no flush), timed with CUDA events."""
+def timeit(fn, reps=30, warmup=3, flush=None):
+    """Median ms of `reps` calls, each after an L2 flush, timed with CUDA events. flush: "read"
+    (256 MB read: L2 evicted, no dirty line left), "write" (256 MB written: evicted, but full of
+    dirty lines), "none"; default FLUSH_MODE."""
     global FLUSH
+    flush = FLUSH_MODE if flush is None else flush
+    if flush not in FLUSH_MODES:
+        raise ValueError(f"flush must be one of {FLUSH_MODES}, got {flush!r}")
     if FLUSH is None:
-        FLUSH = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device=DEV)
+        FLUSH = torch.zeros(256 * 1024 * 1024, dtype=torch.int8, device=DEV)
     for _ in range(warmup):
         fn()
     times = []
@@ -96,19 +106,10 @@ def checks():
         o, sc = hd_decode.hybrid_decode(*inp)
         ro, rsc = hd_ref.hybrid_attention(*inp)
         rows.append((f"hybrid_decode R={R}", rel_err(o, ro), rel_err(sc, rsc) if R else 0.0))
-        table, idx = inp[3], inp[6]
-        pages = table.long().gather(1, idx.clamp(min=0).flatten(1).long()).view_as(idx)
-        o, sc = hd_decode.hybrid_decode(*inp, pages=torch.where(idx >= 0, pages, -1).int())
-        rows.append((f"hybrid_decode R={R}, page list", rel_err(o, ro), rel_err(sc, rsc) if R else 0.0))
     o = hd_decode.dense_decode(*inp[:5])
     rows.append(("dense_decode", rel_err(o, hd_ref.dense_decode(*inp[:5])), 0.0))
     tk = hd_ref.make_topk_inputs({"B": 8, "Hkv": 8, "NB": 2048, "K": 64, "ragged": 1}, torch.float32, 1, DEV)
     rows.append(("block_topk (mismatching rows)", float((hd_topk.block_topk(*tk) != hd_ref.block_topk(*tk)).any(-1).sum()), 0.0))
-    table = torch.randperm(8 * 2048, device=DEV).view(8, 2048).int()
-    sel, ref = hd_topk.block_topk(*tk, block_table=table), hd_ref.block_topk(*tk)
-    ref_pages = torch.where(ref >= 0, table.long().gather(1, ref.clamp(min=0).flatten(1).long()).view_as(ref), -1)
-    rows.append(("block_topk with pages (mismatching rows)",
-                 float(((sel[:, :, 0] != ref) | (sel[:, :, 1] != ref_pages)).any(-1).sum()), 0.0))
     for Tq in (3000, 1):
         s = {"B": 1, "Hq": 32, "Hkv": 8, "T": 3000, "Tq": Tq, "D": 128, "S": 64, "N": 8, "W": 512}
         q, lmk, T, S, N = cs_ref.make_topn_inputs(s, bf16, 2, DEV)
@@ -140,43 +141,43 @@ def paged_cache(B, L, Hkv=8, D=128, P=64):
     return k, v, table, lens
 
 
-def hybrid_handover(B, L, k_tokens, table, Hkv=8, P=64):
-    """A layer's hand-over [B, Hkv, 2, k / P]: blocks picked from random scores, and their pages."""
+def hybrid_indices(B, L, k_tokens, Hkv=8, P=64):
+    """A layer's hand-over [B, Hkv, k / P]: blocks picked from random scores."""
     scores = torch.rand(B, Hkv, L // P, device=DEV)
-    n_blocks = torch.full((B,), L // P, dtype=torch.int32, device=DEV)
-    return hd_topk.block_topk(scores, n_blocks, k_tokens // P, 1, 2, block_table=table)
+    return hd_topk.block_topk(scores, torch.full((B,), L // P, dtype=torch.int32, device=DEV), k_tokens // P, 1, 2)
 
 
-TUNABLES = ("TILE_PAGES", "NUM_WARPS", "NUM_STAGES", "MAX_REGS", "PROGRAMS_PER_SM", "LISTED_PAGE_COST", "USE_PDL")
+TUNABLES = ("TILE_PAGES", "NUM_WARPS", "NUM_STAGES", "MAX_REGS", "PROGRAMS_PER_SM", "SPARSE_PAGE_COST", "USE_PDL")
 
 
 def sweep_decode():
-    """The split kernel's tunables at B 8 / 128K / k 4096 with the layer's hand-over (blocks and
-    pages); sets the fastest. Tuples in TUNABLES' order."""
+    """The split kernel's tunables at B 8 / 128K / k 4096; sets the fastest. Tuples in
+    TUNABLES' order, the committed defaults first."""
     B, L, K = 8, 131072, 4096
     k, v, table, lens = paged_cache(B, L)
     q = torch.randn(B, 32, 128, device=DEV, dtype=torch.bfloat16)
     roles = torch.zeros(8, dtype=torch.int32, device=DEV)
     roles[0] = 1
-    sel = hybrid_handover(B, L, K, table)
+    idx = hybrid_indices(B, L, K)
     best, rows, first = None, [], None
     # Around the best of earlier sweeps (tile 1-2 pages, 4/8 warps, 2-4 stages, register caps
-    # None/128/168, 1-4 programs per SM), the cost of a listed sparse page (eighths), and PDL.
+    # None/128/168, 1-4 programs per SM), the cost of a sparse head's page (eighths), and PDL.
     # Each config's output is compared with the first one's: one that differs is not timed.
-    for cfg in ((2, 4, 2, None, 2, 8, True), (2, 4, 2, None, 2, 9, True), (2, 4, 2, None, 2, 8, False),
-                (2, 8, 2, None, 1, 8, True), (4, 8, 2, None, 1, 8, True), (1, 4, 3, None, 2, 8, True)):
+    defaults = tuple(getattr(hd_decode, n) for n in TUNABLES)
+    others = ((2, 4, 2, None, 2, 9, True), (2, 4, 2, None, 2, 12, True), (2, 4, 2, None, 2, 10, False),
+              (1, 4, 3, None, 2, 10, True))
+    for cfg in (defaults,) + tuple(c for c in others if c != defaults):
         for name, val in zip(TUNABLES, cfg):
             setattr(hd_decode, name, val)
         try:
-            o, sc = hd_decode.hybrid_decode(q, k, v, table, lens, roles, sel[:, :, 0], pages=sel[:, :, 1])
+            o, sc = hd_decode.hybrid_decode(q, k, v, table, lens, roles, idx)
             if first is None:
                 first = o.float(), sc
             elif rel_err(o, first[0]) > 1e-2 or rel_err(sc, first[1]) > 1e-4:
                 log(f"sweep {cfg}: output differs from the first config's ({rel_err(o, first[0]):.2e}, "
                     f"{rel_err(sc, first[1]):.2e}): skipped")
                 continue
-            ms = timeit(graphed(lambda: hd_decode.hybrid_decode(q, k, v, table, lens, roles, sel[:, :, 0],
-                                                                 pages=sel[:, :, 1])), reps=20)
+            ms = timeit(graphed(lambda: hd_decode.hybrid_decode(q, k, v, table, lens, roles, idx)), reps=20)
         except Exception as e:  # a config that does not compile (shared memory) is skipped
             log(f"sweep {cfg}: {type(e).__name__}: {str(e)[:200]}")
             continue
@@ -211,25 +212,21 @@ def bench_decode(bw, contexts, batches, budgets):
             for K in budgets:
                 if K >= L:
                     continue
-                sel = hybrid_handover(B, L, K, table)  # the previous layer's hand-over: blocks and pages
-                idx = sel[:, :, 0].contiguous()  # blocks alone (the task's entry)
+                idx = hybrid_indices(B, L, K)  # the previous layer's hand-over
 
                 def step():
-                    o, scores = hd_decode.hybrid_decode(q, k, v, table, lens, roles, sel[:, :, 0], pages=sel[:, :, 1])
-                    fresh = hd_topk.block_topk(scores, n_blocks, K // P, 1, 2, block_table=table)
-                    return o, torch.where(roles.bool()[None, :, None, None], fresh, sel)
+                    o, scores = hd_decode.hybrid_decode(q, k, v, table, lens, roles, idx)
+                    fresh = hd_topk.block_topk(scores, n_blocks, K // P, 1, 2)
+                    return o, torch.where(roles.bool()[None, :, None], fresh, idx)
 
-                t_hyb = timeit(graphed(lambda: hd_decode.hybrid_decode(q, k, v, table, lens, roles, sel[:, :, 0],
-                                                                       pages=sel[:, :, 1])))
-                t_hyb_idx = timeit(graphed(lambda: hd_decode.hybrid_decode(q, k, v, table, lens, roles, idx)))
+                t_hyb = timeit(graphed(lambda: hd_decode.hybrid_decode(q, k, v, table, lens, roles, idx)))
                 t_step = timeit(graphed(step))
                 t_step_eager = timeit(step)
                 f_r = 1 / Hkv
                 ratio = f_r + (1 - f_r) * K / L
                 need = 2 * B * (L + (Hkv - 1) * K) * D * 2  # KV bytes actually needed
                 t_bound = need / bw / 1e9
-                rows.append(dict(B=B, L=L, K=K, sdpa=t_sdpa, dense=t_dense, hybrid=t_hyb, hybrid_blocks_only=t_hyb_idx,
-                                 step=t_step,
+                rows.append(dict(B=B, L=L, K=K, sdpa=t_sdpa, dense=t_dense, hybrid=t_hyb, step=t_step,
                                  step_eager=t_step_eager, need_bytes=need,
                                  ideal_ratio=ratio, speedup=t_sdpa / t_hyb, speedup_step=t_sdpa / t_step,
                                  ideal_speedup=1 / ratio, bound_ms=t_bound, pct_bound=100 * t_bound / t_hyb,
@@ -242,24 +239,27 @@ def bench_decode(bw, contexts, batches, budgets):
 
 
 def flush_diagnostic():
-    """B 8 / 128K / k 4096: SDPA and hybrid with the L2 flushed by writing (the tables' way),
-    by reading (no dirty lines left to write back while the kernel reads) and not at all."""
-    B, L, K, P = 8, 131072, 4096, 64
-    k, v, table, lens = paged_cache(B, L)
-    q = torch.randn(B, 32, 128, device=DEV, dtype=torch.bfloat16)
-    roles = torch.zeros(8, dtype=torch.int32, device=DEV)
-    roles[0] = 1
-    sel = hybrid_handover(B, L, K, table)
-    hyb = graphed(lambda: hd_decode.hybrid_decode(q, k, v, table, lens, roles, sel[:, :, 0], pages=sel[:, :, 1]))
-    kd = torch.randn(B, 8, L, 128, device=DEV, dtype=torch.bfloat16)
-    vd = torch.randn_like(kd)
-    sdpa = graphed(lambda: F.scaled_dot_product_attention(q[:, :, None], kd, vd, enable_gqa=True))
+    """SDPA and hybrid with L2 flushed by reading, by writing (dirty lines left to write back
+    while the kernel reads) and not at all: at B 8 / 128K / k 4096 (the target row; 2 GB of
+    cache, no reuse between calls) and at B 1 / 8K / k 1024 (34 MB of cache: it fits in L2, so
+    with no flush it stays there, and a flush that evicts shows as the difference)."""
     rows = []
-    for flush in ("write", "read", None):
-        rows.append(dict(flush=flush, sdpa=timeit(sdpa, flush=flush), hybrid=timeit(hyb, flush=flush)))
-        log(json.dumps(rows[-1]))
-    del k, v, kd, vd
-    torch.cuda.empty_cache()
+    for B, L, K in ((8, 131072, 4096), (1, 8192, 1024)):
+        k, v, table, lens = paged_cache(B, L)
+        q = torch.randn(B, 32, 128, device=DEV, dtype=torch.bfloat16)
+        roles = torch.zeros(8, dtype=torch.int32, device=DEV)
+        roles[0] = 1
+        idx = hybrid_indices(B, L, K)
+        hyb = graphed(lambda: hd_decode.hybrid_decode(q, k, v, table, lens, roles, idx))
+        kd = torch.randn(B, 8, L, 128, device=DEV, dtype=torch.bfloat16)
+        vd = torch.randn_like(kd)
+        sdpa = graphed(lambda: F.scaled_dot_product_attention(q[:, :, None], kd, vd, enable_gqa=True))
+        for flush in FLUSH_MODES:
+            rows.append(dict(B=B, L=L, K=K, flush=flush, sdpa=timeit(sdpa, flush=flush),
+                             hybrid=timeit(hyb, flush=flush)))
+            log(json.dumps(rows[-1]))
+        del k, v, kd, vd
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -305,13 +305,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true", help="fewer sizes (a smoke run)")
+    ap.add_argument("--flush", choices=("read", "write"), default="read",
+                    help="how L2 is flushed before every timed call (default: read 256 MB)")
     args = ap.parse_args()
+    global FLUSH_MODE
+    FLUSH_MODE = args.flush
     t0 = time.time()
     driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                             capture_output=True, text=True).stdout.strip()
     env = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, driver=driver)
     log(json.dumps(env))
-    result = dict(env=env)
+    result = dict(env=env, flush=FLUSH_MODE)
     try:
         result["checks"] = checks()
     except Exception as e:
@@ -319,7 +323,7 @@ def main():
     log("checks", json.dumps(result.get("checks", result.get("checks_error"))), f"{time.time() - t0:.0f}s")
     bw = copy_bandwidth()
     result["copy_tbs"] = bw
-    log(f"copy bandwidth {bw:.2f} TB/s")
+    log(f"copy bandwidth {bw:.2f} TB/s (flush: {FLUSH_MODE})")
     defaults = tuple(getattr(hd_decode, n) for n in TUNABLES)  # as committed; the checks above ran on them
     best, sweep = sweep_decode()
     result["sweep"], result["best"] = sweep, best
@@ -337,20 +341,22 @@ def main():
     log("\n## checks (bf16, relative L2 error)")
     for name, a, b in result.get("checks", []):
         log(f"| {name} | {a:.2e} | {b:.2e} |")
-    # The read bound: the best of the copy rate and the highest read rate SDPA reached.
+    # The read bound: the best of the copy rate and the highest read rate SDPA reached (both
+    # timed with the same flush as every row).
     read_bw = max([bw] + [r["sdpa_tbs"] for r in result["decode"]])
     result["read_bw"] = read_bw
-    log(f"\ncopy {bw:.2f} TB/s, bound rate {read_bw:.2f} TB/s; decode config ({', '.join(TUNABLES)}, ms) {best}")
-    log("\n| B | L | k | SDPA ms | dense Triton ms | hybrid ms (blocks only) | hybrid+topk ms (eager) | speedup (ideal) | % of bound | SDPA / dense TB/s |")
+    log(f"\nflush {FLUSH_MODE}; copy {bw:.2f} TB/s, bound rate {read_bw:.2f} TB/s; decode config "
+        f"({', '.join(TUNABLES)}, ms) {best}")
+    log("\n| B | L | k | SDPA ms | dense Triton ms | hybrid ms | hybrid+topk ms (eager) | speedup (ideal) | % of bound | SDPA / dense TB/s |")
     for r in result["decode"]:
         t_bound = r["need_bytes"] / read_bw / 1e9
-        log(f"| {r['B']} | {r['L'] // 1024}K | {r['K']} | {r['sdpa']:.3f} | {r['dense']:.3f} | {r['hybrid']:.3f} "
-            f"({r['hybrid_blocks_only']:.3f}) | "
+        log(f"| {r['B']} | {r['L'] // 1024}K | {r['K']} | {r['sdpa']:.3f} | {r['dense']:.3f} | {r['hybrid']:.4f} | "
             f"{r['step']:.3f} ({r['step_eager']:.3f}) | {r['speedup']:.2f}x / {r['speedup_step']:.2f}x "
             f"({r['ideal_speedup']:.2f}x) | {100 * t_bound / r['hybrid']:.0f}% / {100 * t_bound / r['step']:.0f}% | "
             f"{r['sdpa_tbs']:.2f} / {r['dense_tbs']:.2f} |")
-    log("\nflush diagnostic, B 8 / 128K / k 4096 (ms): " + "; ".join(
-        f"{r['flush']}: SDPA {r['sdpa']:.4f}, hybrid {r['hybrid']:.4f}" for r in result["flush_diagnostic"]))
+    log("\nflush diagnostic (ms): " + "; ".join(
+        f"B {r['B']} / {r['L'] // 1024}K / k {r['K']} {r['flush']}: SDPA {r['sdpa']:.4f}, hybrid {r['hybrid']:.4f}"
+        for r in result["flush_diagnostic"]))
     log("\n| T | SDPA ms | topN ms | chunk attn ms | window ms | total ms | speedup | TFLOP/s attn/win/topN/SDPA |")
     for r in result["prefill"]:
         log(f"| {r['T'] // 1024}K | {r['sdpa']:.2f} | {r['topn']:.2f} | {r['attn']:.2f} | {r['window']:.2f} | "

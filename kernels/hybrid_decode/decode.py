@@ -9,12 +9,9 @@ budgets, and no program is launched only to exit. A program walks its range head
 by head segment, TILE_PAGES pages at a time, keeping an online softmax for the G query
 heads of the segment's KV head (one load serves all of them, through one
 [G_PAD, TILE_PAGES * P] dot), and writes a partial (o, lse) per segment; for retrieval
-heads it also writes each page's log-sum-exp. A sparse head finds a page through its block
-set and the block table, two dependent loads; given the layer's hand-over of the blocks'
-pages (`pages`, written by block_topk(..., block_table=...)), one load, and its page then
-costs LISTED_PAGE_COST. A second kernel merges each head's partials (SPLIT_CHUNK at a
-time), and beside it one program per SCORE_BLOCK blocks of the head turns page
-log-sum-exps into block scores (attention mass per block); on Hopper it is launched with
+heads it also writes each page's log-sum-exp. A second kernel merges each head's partials
+(SPLIT_CHUNK at a time), and beside it one program per SCORE_BLOCK blocks of the head turns
+page log-sum-exps into block scores (attention mass per block); on Hopper it is launched with
 programmatic dependent launch (USE_PDL): its programs start as split programs finish and
 wait for the split grid in the kernel (griddepcontrol), not behind a kernel boundary.
 H200 numbers and what limits them: docs/benchmarks/sparse.md.
@@ -44,31 +41,25 @@ def _work_layout(seq_lens_ptr, is_retrieval_ptr, n_slots, n_heads, sparse_page_c
 
 
 @triton.jit
-def _tile_pages(slot, block_table_row, index_row, page_row, sparse_end, last, PAGE_LIST: tl.constexpr):
+def _tile_pages(slot, block_table_row, index_row, sparse_end, last):
     """Block and page number of each row's page in a tile (slot = each row's slot in the head's
-    list): retrieval heads read block = slot, sparse heads look it up (-1: no block). With
-    PAGE_LIST the hand-over carries the sparse heads' pages too: one load, beside the block
-    number's, instead of two dependent ones (block, then its page)."""
-    sparse = slot < sparse_end
-    blk = tl.where(sparse, tl.load(index_row + slot, mask=sparse, other=-1), slot)
-    if PAGE_LIST:
-        page = tl.load(tl.where(sparse, page_row + slot, block_table_row + slot), mask=slot < last, other=0)
-    else:
-        page = tl.load(block_table_row + tl.maximum(blk, 0), mask=slot < last, other=0)
+    list): retrieval heads read block = slot, sparse heads look it up (-1: no block)."""
+    blk = tl.where(slot < sparse_end, tl.load(index_row + slot, mask=slot < sparse_end, other=-1), slot)
+    page = tl.load(block_table_row + tl.maximum(blk, 0), mask=slot < last, other=0)
     return blk, page.to(tl.int64)
 
 
 @triton.jit
 def _split_kernel(
-    q_ptr, k_ptr, v_ptr, block_table_ptr, seq_lens_ptr, is_retrieval_ptr, indices_ptr, pages_ptr,
+    q_ptr, k_ptr, v_ptr, block_table_ptr, seq_lens_ptr, is_retrieval_ptr, indices_ptr,
     o_part_ptr, lse_part_ptr, block_lse_ptr,
     qk_scale,  # log2(e) / sqrt(D): scores in base 2
     stride_qb, stride_qh, stride_kp, stride_kh, stride_kt, stride_vp, stride_vh, stride_vt,
-    stride_tb, stride_ib, stride_ih, stride_pb, stride_ph,
+    stride_tb, stride_ib, stride_ih,
     n_slots, max_blocks, n_heads, sparse_page_cost,
     HKV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, P: tl.constexpr, D: tl.constexpr,
     BH_PAD: tl.constexpr, TILE_PAGES: tl.constexpr, SCORES: tl.constexpr, PRECISION: tl.constexpr,
-    PAGE_LIST: tl.constexpr, PDL: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     # Program pid takes the units [pid * per, (pid + 1) * per) of all heads' pages laid end to
     # end and reads the pages that start there.
@@ -105,14 +96,12 @@ def _split_kernel(
         acc = tl.zeros([G_PAD, D], tl.float32)
         table_row = block_table_ptr + b * stride_tb
         index_row = indices_ptr + b * stride_ib + h * stride_ih
-        page_row = pages_ptr + b * stride_pb + h * stride_ph
         # Each tile looks up the next tile's pages: the K/V loads then depend on no load of their
         # own iteration, and the pipeliner can issue them ahead (double-buffered at 3 stages).
-        blk, page = _tile_pages(first + row_page, table_row, index_row, page_row, sparse_end, last, PAGE_LIST)
+        blk, page = _tile_pages(first + row_page, table_row, index_row, sparse_end, last)
         for t0 in range(first, last, TILE_PAGES):
             slot = t0 + row_page
-            next_blk, next_page = _tile_pages(slot + TILE_PAGES, table_row, index_row, page_row, sparse_end, last,
-                                              PAGE_LIST)
+            next_blk, next_page = _tile_pages(slot + TILE_PAGES, table_row, index_row, sparse_end, last)
             tok = blk * P + row_tok
             live = (slot < last) & (tok >= 0) & (tok < seq_len)  # blk = -1: no block
             kt = tl.load(k_ptr + page[:, None] * stride_kp + h * stride_kh + row_tok[:, None] * stride_kt
@@ -216,11 +205,10 @@ def _merge_kernel(
 
 PROGRAMS_PER_SM = 2  # tunable: 1, 2, 3, 4
 SPARSE_PAGE_COST = 10  # tunable: 8, 9, 10, 12 (eighths of a retrieval page: a sparse page needs one more lookup)
-LISTED_PAGE_COST = 9  # tunable: 8, 9, 10 (the same, when the hand-over lists the sparse heads' pages)
 USE_PDL = True  # tunable: True, False (programmatic dependent launch of the merge; Hopper and later, CUDA only)
-TILE_PAGES = 2  # tunable: 1, 2, 4
+TILE_PAGES = 1  # tunable: 1, 2, 4
 NUM_WARPS = 4  # tunable: 2, 4, 8
-NUM_STAGES = 2  # tunable: 1, 2, 3, 4
+NUM_STAGES = 3  # tunable: 1, 2, 3, 4
 MAX_REGS = None  # tunable: None, 128, 168, 192 (registers per thread: 168 lets 3 programs of 4 warps share an SM)
 SCORE_BLOCK = 1024  # tunable: 256, 512, 1024, 2048
 SPLIT_CHUNK = 32  # tunable: 8, 16, 32, 64
@@ -249,11 +237,8 @@ def pdl_enabled(device):
 _PDL_OK = {}
 
 
-def hybrid_decode(q, k_cache, v_cache, block_table, seq_lens, is_retrieval, indices, scores=True, pages=None):
-    """Returns (o [B, Hq, D], scores [B, Hkv, max_blocks] fp32, or None when scores=False).
-    pages (optional, like indices): pages[b, h, s] = block_table[b, indices[b, h, s]] where that
-    index is >= 0 (anything where it is -1), as block_topk(..., block_table=...) hands them over;
-    given, a sparse head's page costs one load instead of two dependent ones."""
+def hybrid_decode(q, k_cache, v_cache, block_table, seq_lens, is_retrieval, indices, scores=True):
+    """Returns (o [B, Hq, D], scores [B, Hkv, max_blocks] fp32, or None when scores=False)."""
     B, Hq, D = q.shape
     _, Hkv, P, Dk = k_cache.shape
     if Dk != D or Hq % Hkv or v_cache.shape != k_cache.shape or D & (D - 1) or P & (P - 1) or P < 16:
@@ -261,15 +246,9 @@ def hybrid_decode(q, k_cache, v_cache, block_table, seq_lens, is_retrieval, indi
                          f"v_cache {tuple(v_cache.shape)} (D and P must be powers of two, P >= 16)")
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
         raise ValueError("hybrid_decode: the cache's last dimension must be contiguous")
-    if pages is not None and pages.shape != indices.shape:
-        raise ValueError(f"hybrid_decode: pages {tuple(pages.shape)} must have the shape of indices "
-                         f"{tuple(indices.shape)}")
     q = q.contiguous()
     block_table = block_table.contiguous()
-    indices = indices if indices.stride(-1) == 1 else indices.contiguous()  # views of a hand-over are fine
-    page_list = pages is not None
-    pages = (pages if pages.stride(-1) == 1 else pages.contiguous()) if page_list else indices
-    cost = LISTED_PAGE_COST if page_list else SPARSE_PAGE_COST
+    indices = indices.contiguous()
     pdl = pdl_enabled(q.device)
     G = Hq // Hkv
     max_blocks = block_table.shape[1]
@@ -285,20 +264,20 @@ def hybrid_decode(q, k_cache, v_cache, block_table, seq_lens, is_retrieval, indi
     BH_PAD = triton.next_power_of_2(B * Hkv)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     _split_kernel[(n_prog,)](
-        q, k_cache, v_cache, block_table, seq_lens, is_retrieval, indices, pages, o_part, lse_part, block_lse,
+        q, k_cache, v_cache, block_table, seq_lens, is_retrieval, indices, o_part, lse_part, block_lse,
         math.log2(math.e) / math.sqrt(D),
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
-        indices.stride(0), indices.stride(1), pages.stride(0), pages.stride(1), n_slots, max_blocks, B * Hkv, cost,
+        indices.stride(0), indices.stride(1), n_slots, max_blocks, B * Hkv, SPARSE_PAGE_COST,
         HKV=Hkv, G=G, G_PAD=G_PAD, P=P, D=D, BH_PAD=BH_PAD, TILE_PAGES=TILE_PAGES, SCORES=scores,
-        PRECISION=precision, PAGE_LIST=page_list, PDL=pdl,
+        PRECISION=precision, PDL=pdl,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES, maxnreg=MAX_REGS)
     score_block = min(SCORE_BLOCK, triton.next_power_of_2(max_blocks))
     n_score = triton.cdiv(max_blocks, score_block) if scores else 0
     _merge_kernel[(B * Hkv, 1 + n_score)](
         o_part, lse_part, block_lse, seq_lens, is_retrieval, o, out_scores,
         o.stride(0), o.stride(1), out_scores.stride(0), out_scores.stride(1), n_slots, max_blocks, B * Hkv,
-        cost, n_prog, HKV=Hkv, G=G, G_PAD=triton.next_power_of_2(G), P=P, D=D, BH_PAD=BH_PAD,
+        SPARSE_PAGE_COST, n_prog, HKV=Hkv, G=G, G_PAD=triton.next_power_of_2(G), P=P, D=D, BH_PAD=BH_PAD,
         SCORE_BLOCK=score_block, SPLIT_CHUNK=SPLIT_CHUNK, PDL=pdl, num_warps=MERGE_WARPS,
         **({"launch_pdl": True} if pdl else {}))
     return o, (out_scores if scores else None)

@@ -13,9 +13,9 @@ import triton.language as tl
 
 
 @triton.jit
-def _block_topk_kernel(scores_ptr, n_blocks_ptr, out_ptr, table_ptr, n_cols, k, n_sink, n_local,
-                       stride_sb, stride_sh, stride_ob, stride_oh, stride_op, stride_tb,
-                       H: tl.constexpr, NB_PAD: tl.constexpr, K_PAD: tl.constexpr, PAGES: tl.constexpr):
+def _block_topk_kernel(scores_ptr, n_blocks_ptr, out_ptr, n_cols, k, n_sink, n_local,
+                       stride_sb, stride_sh, stride_ob, stride_oh,
+                       H: tl.constexpr, NB_PAD: tl.constexpr, K_PAD: tl.constexpr):
     pid = tl.program_id(0)
     b = pid // H
     h = pid % H
@@ -42,39 +42,24 @@ def _block_topk_kernel(scores_ptr, n_blocks_ptr, out_ptr, table_ptr, n_cols, k, 
     tl.store(out_row + pos, j, mask=chosen)
     r = tl.arange(0, K_PAD)
     tl.store(out_row + r, tl.full([K_PAD], -1, tl.int32), mask=(r >= want) & (r < k))
-    if PAGES:  # the chosen blocks' pages, for the next layer's decode (one load there instead of two)
-        page = tl.load(table_ptr + b * stride_tb + j, mask=chosen, other=-1)
-        tl.store(out_row + stride_op + pos, page, mask=chosen)
-        tl.store(out_row + stride_op + r, tl.full([K_PAD], -1, tl.int32), mask=(r >= want) & (r < k))
 
 
 NUM_WARPS = 4  # tunable: 1, 2, 4, 8, 16
 
 
-def block_topk(scores, n_blocks, k, n_sink, n_local, block_table=None):
-    """scores [B, H, NB] fp32 (non-negative), n_blocks [B] int32 -> [B, H, k] int32, ascending, -1 padded.
-    With block_table [B, >= NB] int32: the hand-over [B, H, 2, k], [:, :, 0] those blocks and
-    [:, :, 1] their pages (block_table[b, block], -1 where the block is -1), which
-    hybrid_decode(..., indices=sel[:, :, 0], pages=sel[:, :, 1]) reads in one load."""
+def block_topk(scores, n_blocks, k, n_sink, n_local):
+    """scores [B, H, NB] fp32 (non-negative), n_blocks [B] int32 -> [B, H, k] int32, ascending, -1 padded."""
     if scores.dtype != torch.float32 or scores.dim() != 3:
         raise ValueError(f"block_topk: scores must be float32 [B, H, NB], got {scores.dtype} {tuple(scores.shape)}")
     if k < 1:
         raise ValueError(f"block_topk: k must be >= 1, got {k}")
     scores = scores.contiguous()
     B, H, NB = scores.shape
-    pages = block_table is not None
-    if pages:
-        if block_table.dim() != 2 or block_table.shape[0] != B or block_table.shape[1] < NB:
-            raise ValueError(f"block_topk: block_table must be [B, >= NB] = [{B}, >= {NB}], got "
-                             f"{tuple(block_table.shape)}")
-        block_table = block_table if block_table.stride(-1) == 1 else block_table.contiguous()
-    out = torch.empty((B, H, 2, k) if pages else (B, H, k), dtype=torch.int32, device=scores.device)
+    out = torch.empty((B, H, k), dtype=torch.int32, device=scores.device)
     _block_topk_kernel[(B * H,)](
-        scores, n_blocks, out, block_table if pages else out, NB, k, n_sink, n_local,
-        scores.stride(0), scores.stride(1), out.stride(0), out.stride(1), out.stride(2) if pages else 0,
-        block_table.stride(0) if pages else 0,
-        H=H, NB_PAD=triton.next_power_of_2(NB), K_PAD=triton.next_power_of_2(k), PAGES=pages,
-        num_warps=NUM_WARPS)
+        scores, n_blocks, out, NB, k, n_sink, n_local,
+        scores.stride(0), scores.stride(1), out.stride(0), out.stride(1),
+        H=H, NB_PAD=triton.next_power_of_2(NB), K_PAD=triton.next_power_of_2(k), num_warps=NUM_WARPS)
     return out
 
 

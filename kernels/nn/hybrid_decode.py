@@ -9,7 +9,7 @@ in the next layer, if sparse, attends only to those blocks and passes them on.
 import torch
 from torch import nn
 
-from kernels.hybrid_decode import block_topk_pages, hybrid_decode
+from kernels.hybrid_decode import block_topk, hybrid_decode
 
 
 class HybridHeadSparseDecode(nn.Module):
@@ -21,10 +21,6 @@ class HybridHeadSparseDecode(nn.Module):
     Usage, per decode step:  indices = None
                              for layer: o, indices = mod(layer, q, k_cache, v_cache, block_table,
                                                          seq_lens, indices, step)
-    The hand-over `indices` is int32 [B, Hkv, 2, k_blocks]: [:, :, 0] each KV head's blocks
-    (ascending, -1 padded), [:, :, 1] their pages in block_table (one block table per model, so
-    the pages stay valid from layer to layer); the decode kernel then reads a sparse head's page
-    in one load. A [B, Hkv, k_blocks] tensor of blocks alone is accepted too.
     Layout: baselines/hybrid_decode.py (k_cache [pages, Hkv, P, D], block_table [B, NB])."""
 
     def __init__(self, retrieval_heads: torch.Tensor, budget: int, page_size: int = 64, n_sink: int = 1,
@@ -46,19 +42,15 @@ class HybridHeadSparseDecode(nn.Module):
         return layer == 0 or (self.correction_every is not None and step % self.correction_every == 0)
 
     def forward(self, layer: int, q, k_cache, v_cache, block_table, seq_lens, indices=None, step: int = 1):
-        """-> (o [B, Hq, D], hand-over [B, Hkv, 2, k_blocks] (blocks, pages) for the next layer)."""
+        """-> (o [B, Hq, D], indices [B, Hkv, k_blocks] for the next layer)."""
         if k_cache.shape[2] != self.page_size:
             raise ValueError(f"cache pages hold {k_cache.shape[2]} tokens, the layer was built for {self.page_size}")
         B, Hkv = q.shape[0], k_cache.shape[1]
         dense = self.is_dense(layer, step) or indices is None
         roles = torch.ones_like(self.roles[layer]) if dense else self.roles[layer]
         if indices is None:
-            indices = torch.full((B, Hkv, 2, self.k_blocks), -1, dtype=torch.int32, device=q.device)
-        elif indices.dim() == 3:  # blocks alone: look their pages up here
-            pages = block_table.long().gather(1, indices.clamp(min=0).flatten(1).long()).view_as(indices)
-            indices = torch.stack([indices, torch.where(indices >= 0, pages.int(), -1)], 2)
-        n_blocks = ((seq_lens + self.page_size - 1) // self.page_size).to(torch.int32)
-        o, scores = hybrid_decode(q, k_cache, v_cache, block_table, seq_lens, roles, indices[:, :, 0],
-                                  indices[:, :, 1])
-        fresh = block_topk_pages(scores, n_blocks, block_table, self.k_blocks, self.n_sink, self.n_local)
-        return o, torch.where(roles.bool()[None, :, None, None], fresh, indices)
+            indices = torch.full((B, Hkv, self.k_blocks), -1, dtype=torch.int32, device=q.device)
+        o, scores = hybrid_decode(q, k_cache, v_cache, block_table, seq_lens, roles, indices)
+        n_blocks = (seq_lens + self.page_size - 1) // self.page_size
+        fresh = block_topk(scores, n_blocks.to(torch.int32), self.k_blocks, self.n_sink, self.n_local)
+        return o, torch.where(roles.bool()[None, :, None], fresh, indices)

@@ -8,7 +8,7 @@ import torch
 from baselines.hybrid_decode import (block_topk as ref_block_topk, dense_decode as ref_dense_decode,
                                      hybrid_attention, hybrid_decode_layers, hybrid_layer_step, make_hybrid_inputs,
                                      make_topk_inputs, num_blocks)
-from kernels.hybrid_decode import block_topk, block_topk_pages, decode, dense_decode, hybrid_decode
+from kernels.hybrid_decode import block_topk, decode, dense_decode, hybrid_decode
 
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available() else "cuda"
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3}
@@ -23,12 +23,6 @@ def _shape(**over):
 def _check(out, ref, dtype):
     assert not torch.isnan(out).any()
     torch.testing.assert_close(out.float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype])
-
-
-def _pages_of(indices, block_table, junk=-1):
-    """The hand-over's page list: block_table[b, indices[b, h, s]], `junk` where the index is -1."""
-    pages = block_table.long().gather(1, indices.clamp(min=0).flatten(1).long()).view_as(indices)
-    return torch.where(indices >= 0, pages, junk).to(torch.int32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -48,30 +42,6 @@ def test_hybrid_decode_matches_reference(dtype, mix):
     assert scores.shape == (2, mix.get("Hkv", 2), inputs[3].shape[1])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("mix", [
-    {"R": 1},
-    {"R": 0, "L": 37},
-    {"R": 1, "K": 400, "L": 45},     # -1 padded sets: the page list holds junk there
-    {"R": 1, "Hq": 6, "Hkv": 2},
-])
-def test_hybrid_decode_with_page_list_matches_reference(dtype, mix):
-    """The hand-over's page list (one load per sparse page): same output and scores, and the
-    slots of -1 blocks are never read whatever their page entry holds."""
-    inputs = make_hybrid_inputs(_shape(**mix), dtype, seed=11, device=DEVICE)
-    block_table, indices = inputs[3], inputs[6]
-    ref_o, ref_scores = hybrid_attention(*inputs)
-    for junk in (-1, 123456789):
-        o, scores = decode.hybrid_decode(*inputs, pages=_pages_of(indices, block_table, junk))
-        _check(o, ref_o, dtype)
-        torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-4)
-    # Views of a packed hand-over [B, Hkv, 2, k] (as the layer passes them), through the op.
-    sel = torch.stack([indices, _pages_of(indices, block_table)], 2)
-    o, scores = hybrid_decode(*inputs[:6], sel[:, :, 0], sel[:, :, 1])
-    _check(o, ref_o, dtype)
-    torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-4)
-
-
 @pytest.mark.parametrize("programs,tile,chunk,score_block,sparse_cost", [
     (1, 1, 2, 4, 8), (3, 2, 4, 2, 9), (7, 4, 16, 1024, 12), (500, 2, 2, 4, 8), (11, 2, 4, 4, 17)])
 def test_program_counts_and_tile_sizes(programs, tile, chunk, score_block, sparse_cost, monkeypatch):
@@ -83,13 +53,11 @@ def test_program_counts_and_tile_sizes(programs, tile, chunk, score_block, spars
     monkeypatch.setattr(decode, "SPLIT_CHUNK", chunk)
     monkeypatch.setattr(decode, "SCORE_BLOCK", score_block)
     monkeypatch.setattr(decode, "SPARSE_PAGE_COST", sparse_cost)
-    monkeypatch.setattr(decode, "LISTED_PAGE_COST", sparse_cost)
     inputs = make_hybrid_inputs(_shape(L=85, K=64, Hkv=3, Hq=6, R=2), torch.float32, seed=8, device=DEVICE)
+    o, scores = hybrid_decode(*inputs)
     ref_o, ref_scores = hybrid_attention(*inputs)
-    for pages in (None, _pages_of(inputs[6], inputs[3])):
-        o, scores = decode.hybrid_decode(*inputs, pages=pages)
-        _check(o, ref_o, torch.float32)
-        torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-4)
+    _check(o, ref_o, torch.float32)
+    torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=1e-4)
 
 
 def test_sparse_heads_read_only_their_blocks():
@@ -107,8 +75,6 @@ def test_sparse_heads_read_only_their_blocks():
                     v2[block_table[b, j], h] = float("nan")
     o2, _ = hybrid_decode(q, k2, v2, block_table, seq_lens, roles, indices)
     assert torch.equal(o, o2)
-    o3, _ = hybrid_decode(q, k2, v2, block_table, seq_lens, roles, indices, _pages_of(indices, block_table))
-    assert torch.equal(o, o3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -128,21 +94,6 @@ def test_block_topk_matches_reference(shape):
     inputs = make_topk_inputs(shape, torch.float32, seed=4, device=DEVICE)
     out = block_topk(*inputs)
     assert torch.equal(out, ref_block_topk(*inputs))
-
-
-@pytest.mark.parametrize("shape", [
-    {"B": 2, "Hkv": 2, "NB": 50, "K": 7, "ragged": 1},
-    {"B": 2, "Hkv": 1, "NB": 5, "K": 9, "ragged": 1},   # -1 padded: pages -1 there too
-])
-def test_block_topk_hands_over_pages(shape):
-    scores, n_blocks, k, n_sink, n_local = make_topk_inputs(shape, torch.float32, seed=9, device=DEVICE)
-    B, NB = scores.shape[0], scores.shape[2]
-    table = torch.randperm(B * NB + 5, device=DEVICE)[: B * NB].view(B, NB).int()
-    sel = block_topk_pages(scores, n_blocks, table, k, n_sink, n_local)
-    ref = ref_block_topk(scores, n_blocks, k, n_sink, n_local)
-    assert sel.shape == (B, shape["Hkv"], 2, k)
-    assert torch.equal(sel[:, :, 0], ref)
-    assert torch.equal(sel[:, :, 1], _pages_of(ref, table))
 
 
 def test_block_topk_ties_and_forced_blocks():
@@ -177,32 +128,27 @@ def test_layer_carries_index_sets(correction):
                                 block_table, seq_lens, roles, 2, 1, 1, dense=correction)
     for o, r in zip(outs, refs):
         _check(o, r, torch.float32)
-    assert indices.shape == (2, 3, 2, 2)
-    assert torch.equal(indices[:, :, 1], _pages_of(indices[:, :, 0], block_table))
 
 
-def test_layer_takes_blocks_alone():
-    """A hand-over of blocks alone [B, Hkv, k] (the reference's format) gives the same step."""
+def test_layer_step_matches_reference():
+    """One sparse layer's step (decode on the inherited blocks, then the next blocks) against
+    the reference step."""
     from kernels.nn.hybrid_decode import HybridHeadSparseDecode
     q, k_cache, v_cache, block_table, seq_lens, roles, indices = make_hybrid_inputs(
         _shape(L=90, K=32, Hkv=3, Hq=6, R=1), torch.float32, seed=12, device=DEVICE)
     mod = HybridHeadSparseDecode(roles.bool()[None].repeat(2, 1), budget=32, page_size=16, n_sink=1, n_local=2)
-    o, handover = mod(1, q, k_cache, v_cache, block_table, seq_lens, indices)
+    o, next_indices = mod(1, q, k_cache, v_cache, block_table, seq_lens, indices)
     ref_o, ref_next = hybrid_layer_step(q, k_cache, v_cache, block_table, seq_lens, roles, indices, 2, 1, 2)
     _check(o, ref_o, torch.float32)
-    assert torch.equal(handover[:, :, 0], ref_next)
-    assert torch.equal(handover[:, :, 1], _pages_of(ref_next, block_table))
+    assert torch.equal(next_indices, ref_next)
 
 
 def test_opcheck():
     inputs = make_hybrid_inputs(_shape(L=40), torch.float32, seed=5, device=DEVICE)
     torch.library.opcheck(torch.ops.evo.hybrid_decode.default, inputs)
-    torch.library.opcheck(torch.ops.evo.hybrid_decode.default, inputs + (_pages_of(inputs[6], inputs[3]),))
     torch.library.opcheck(torch.ops.evo.dense_decode.default, inputs[:5])
     topk_inputs = make_topk_inputs({"B": 2, "Hkv": 2, "NB": 20, "K": 5}, torch.float32, seed=6, device=DEVICE)
     torch.library.opcheck(torch.ops.evo.block_topk.default, topk_inputs)
-    table = torch.arange(40, device=DEVICE, dtype=torch.int32).view(2, 20).flip(1).contiguous()
-    torch.library.opcheck(torch.ops.evo.block_topk_pages.default, (topk_inputs[0], topk_inputs[1], table) + topk_inputs[2:])
 
 
 def test_no_pdl_off_the_gpu():
@@ -215,9 +161,5 @@ def test_bad_input_is_refused():
     q, k_cache, v_cache, block_table, seq_lens, roles, indices = make_hybrid_inputs(_shape(), torch.float32, 7, DEVICE)
     with pytest.raises(ValueError, match="bad shapes"):
         hybrid_decode(q[:, :3], k_cache, v_cache, block_table, seq_lens, roles, indices)
-    with pytest.raises(ValueError, match="shape of indices"):
-        hybrid_decode(q, k_cache, v_cache, block_table, seq_lens, roles, indices, indices[:, :1])
-    with pytest.raises(ValueError, match="block_table"):
-        block_topk_pages(torch.ones(2, 1, 4, device=DEVICE), seq_lens[:2], block_table[:1], 2, 1, 1)
     with pytest.raises(ValueError, match="float32"):
         block_topk(torch.ones(1, 1, 4, dtype=torch.float16, device=DEVICE), seq_lens[:1], 2, 1, 1)
