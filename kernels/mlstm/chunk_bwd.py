@@ -1,4 +1,4 @@
-"""mLSTM chunkwise backward (Triton): the forward's two kernels, reused.
+"""mLSTM chunkwise backward (Triton): the forward's two kernels, reused (with settings of their own below).
 
 Treating the stabilizer m as a constant (h depends on it only through eps), with
 A_tj = exp(F_t - F_j + i_j - m_t) (q_t . k_j) / sqrt(DQK), s_t = sum_j A_tj, den_t = max(|s_t|, exp(-m_t)) + eps,
@@ -18,11 +18,25 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kernels.mlstm.chunk_fwd import CHUNK, TILE, attend, check_inputs, gate_terms, row_dots, state_scan
+from kernels.mlstm.chunk_fwd import CHUNK, attend, check_inputs, gate_terms, state_scan
+
+# Settings of the backward's launches (the forward's are chunk_fwd.py's tunables), from the sweep of
+# docs/benchmarks/linear.md. Attends: tile (rows per program, unless the caller passes one), col_tile (columns
+# per step inside the chunk, <= tile; absent: tile), bk (contraction block), bn (output block; bn < the output
+# width splits rows over programs and takes the gate dots outside), warps, stages, maxnreg (register cap),
+# prefetch (loads that feed no dot issued a step early, see chunk_fwd.PREFETCH).
+DQ_ATTEND = dict(tile=64, bk=64, bn=256, warps=16, stages=3, maxnreg=None)  # dh (512) -> dq (256), and dh . h
+DK_ATTEND = dict(tile=64, bk=64, bn=256, warps=16, stages=3, maxnreg=None, prefetch=True)  # v (512) -> dk (256)
+DV_ATTEND = dict(tile=64, bk=32, bn=512, warps=16, stages=4, maxnreg=None, prefetch=True)  # k (256) -> dv (512)
+# the reverse state scan (q, dh): blocks of the state, warps, stages, prefetch (chunk_fwd.STATE_PREFETCH); below
+# min_programs programs the small blocks
+REV_SCAN = dict(bk=64, bn=64, warps=4, stages=2, prefetch=True, min_programs=256, small_bk=64, small_bn=64,
+                small_warps=4)
+
 
 def mlstm_chunkwise_bwd(dh, q, k, v, i, f, h, c_states, n_states, den, s, chunk=None, tile=None):
     chunk = chunk or CHUNK
-    tile = min(tile or TILE, chunk)
+    tile = min(tile, chunk) if tile else None  # None: each attend's own setting
     check_inputs(q, k, v, i, f, chunk, tile)
     b, nh, t, dqk = q.shape
     dv = v.shape[-1]
@@ -31,20 +45,21 @@ def mlstm_chunkwise_bwd(dh, q, k, v, i, f, h, c_states, n_states, den, s, chunk=
     q, k, v, h, dh = (x.reshape(bh, t, x.shape[-1]).contiguous() for x in (q, k, v, h, dh))
     gates = gate_terms(i.reshape(bh, t), f.reshape(bh, t), chunk)
     tp = gates["row"].shape[-1]
-    m = gates["m"][:, :t]
-    live = (s.abs() > torch.exp(-m)).float()
-    ds_scaled = F.pad(-row_dots(dh, h) * torch.sign(s) * live, (0, tp - t))  # ds' = ds * den
     log_den = F.pad(torch.log(den), (0, tp - t))
     row_g = gates["row"] - log_den
-    r_states, r_vec, _ = state_scan(q, dh, gates["inter"] - log_den, gates["decay"], chunk=chunk, reverse=True,
-                                    coef=ds_scaled)
     common = dict(chunk=chunk, tile=tile, scale=scale)
-    # with the gate gradients' row dots q . dq and k . dk
+    # dq first: it also forms ds' = -(dh . h) sign(s) [|s| > exp(-m)] (= ds * den) per row, which the reverse
+    # scan and the dk attend read; and the gate gradients' row dots q . dq
+    ds_scaled = torch.empty(bh, tp, device=q.device, dtype=torch.float32)
     dq, row_sums = attend(dh, v, k, c_states, n_states, row_g, gates["col"], gates["inter"] - log_den, state_t=True,
-                          extra=ds_scaled, row_extra=True, dot_w=q, **common)
+                          extra=ds_scaled, row_extra=True, dot_w=q, ds_from=(h, s, gates["m"]), config=DQ_ATTEND,
+                          **common)
+    r_states, r_vec, _ = state_scan(q, dh, gates["inter"] - log_den, gates["decay"], chunk=chunk, reverse=True,
+                                    coef=ds_scaled, config=REV_SCAN)
     dk, col_sums = attend(v, dh, q, r_states, r_vec, gates["col"], row_g, gates["weight"], state_t=True,
-                          reverse=True, extra=ds_scaled, col_extra=True, dot_w=k, **common)
-    dv_ = attend(k, q, dh, r_states, r_vec, gates["col"], row_g, gates["weight"], reverse=True, **common)
+                          reverse=True, extra=ds_scaled, col_extra=True, dot_w=k, config=DK_ATTEND, **common)
+    dv_ = attend(k, q, dh, r_states, r_vec, gates["col"], row_g, gates["weight"], reverse=True, config=DV_ATTEND,
+                 **common)
     # gate gradients from the row and column sums of dL/dlog D
     d_log_f = (row_sums - col_sums).flip(-1).cumsum(-1).flip(-1)
     df = d_log_f * torch.sigmoid(-f.reshape(bh, t).float())

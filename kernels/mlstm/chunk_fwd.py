@@ -25,30 +25,39 @@ import triton
 import triton.language as tl
 
 CHUNK = 128  # tunable: 64, 128, 256, 512
+# the forward attend (h); the backward's attends and reverse scan have their own settings in chunk_bwd.py
 TILE = 64  # tunable: 32, 64, 128
-BLOCK_K = 64  # tunable: 32, 64, 128
-BLOCK_N = 256  # tunable: 64, 128, 256, 512
-STATE_BLOCK_K = 128  # tunable: 32, 64, 128
-STATE_BLOCK_N = 128  # tunable: 32, 64, 128
-STATE_NUM_WARPS = 8  # tunable: 4, 8
-# long T, small batch: fewer scan programs than this with the blocks above (64 at T=64K, B=1) leave SMs
-# idle while each program walks every chunk, so the scan then takes the smaller blocks below
+# columns per step inside the chunk (None: TILE)
+COL_TILE = None  # tunable: None, 32, 64
+BLOCK_K = 32  # tunable: 32, 64, 128
+BLOCK_N = 512  # tunable: 64, 128, 256, 512
+NUM_WARPS = 16  # tunable: 4, 8, 16
+NUM_STAGES = 4  # tunable: 1, 2, 3, 4
+# loads that feed no dot (the n state, V tiles and gates of the column loop) issued a step early by hand
+PREFETCH = True  # tunable: False, True
+# A register cap on the attend (Triton's maxnreg); at 16 warps 128 registers is the hardware's own limit. (The
+# 8-warp, 128-register default of the 19:47 run gave an h that changed from run to run: a race of x's pipeline
+# buffer, fixed in `_chunk_attend`; docs/benchmarks/linear.md.)
+ATTEND_MAX_NREG = None  # tunable: None, 128
+STATE_BLOCK_K = 64  # tunable: 32, 64, 128
+STATE_BLOCK_N = 64  # tunable: 32, 64, 128
+STATE_NUM_WARPS = 4  # tunable: 4, 8
+STATE_NUM_STAGES = 2  # tunable: 1, 2, 3
+# each chunk's decay (and, in the backward, coef) loaded one step early
+STATE_PREFETCH = True  # tunable: False, True
+# long T, small batch: fewer scan programs than this with the blocks above leave SMs idle while each program
+# walks every chunk, so the scan then takes the smaller blocks below (with 64 x 64 above, T=64K at B=1 gives 256)
 SCAN_MIN_PROGRAMS = 256  # tunable: 0, 132, 256, 512
 SMALL_STATE_BLOCK_K = 64  # tunable: 32, 64, 128
 SMALL_STATE_BLOCK_N = 64  # tunable: 32, 64, 128
 SMALL_STATE_NUM_WARPS = 4  # tunable: 4, 8
-NUM_WARPS = 8  # tunable: 4, 8
-NUM_STAGES = 2  # tunable: 1, 2, 3
-# a register cap on the attends: uncapped they take 170-200 registers, one 8-warp program per SM; 128 fit two
-# (a few spills) and made forward+backward 20% faster on the H200 (docs/benchmarks/linear.md)
-ATTEND_MAX_NREG = 128  # tunable: None, 128
 EPS = 1e-6
 
 
 @triton.jit
 def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, final_ptr, vec_ptr, T, TP, NC, n_states,
                       KD: tl.constexpr, ND: tl.constexpr, CHUNK: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
-                      REVERSE: tl.constexpr, HAS_COEF: tl.constexpr):
+                      REVERSE: tl.constexpr, HAS_COEF: tl.constexpr, PREFETCH: tl.constexpr):
     """state <- exp(decay_c) state + (A_c * exp(wlog))^T B_c and vec <- exp(decay_c) vec + sum_j A_j exp(wlog_j) coef_j,
     over chunks in order (or reversed); states[c] (in the states' dtype) is the state before chunk c is
     absorbed; in forward order the final state goes to `final` (fp32) and vec[NC] is the final vec."""
@@ -64,8 +73,24 @@ def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, f
     vec_ptr += bh * n_states * KD
     state = tl.zeros((BK, BN), tl.float32)
     vec = tl.zeros((BK,), tl.float32)
+    if PREFETCH:  # the next chunk's decay (and coef) loaded one step ahead: they are not in Triton's pipeline
+        c_first = NC - 1 if REVERSE else 0
+        decay_next = tl.load(decay_ptr + c_first)
+        if HAS_COEF:
+            coef_next = tl.load(coef_ptr + c_first * CHUNK + tl.arange(0, CHUNK))
     for step in range(NC):
         c = NC - 1 - step if REVERSE else step
+        if PREFETCH:
+            log_decay = decay_next
+            c_next = tl.maximum(c - 1, 0) if REVERSE else tl.minimum(c + 1, NC - 1)
+            decay_next = tl.load(decay_ptr + c_next)
+            if HAS_COEF:
+                coef = coef_next
+                coef_next = tl.load(coef_ptr + c_next * CHUNK + tl.arange(0, CHUNK))
+        else:
+            log_decay = tl.load(decay_ptr + c)
+            if HAS_COEF:
+                coef = tl.load(coef_ptr + c * CHUNK + tl.arange(0, CHUNK))
         tl.store(states_ptr + c * KD * ND + rk[:, None] * ND + rn[None, :], state.to(states_ptr.dtype.element_ty))
         if pn == 0:
             tl.store(vec_ptr + c * KD + rk, vec)
@@ -75,11 +100,12 @@ def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, f
         a_t = tl.load(a_ptr + rk[:, None] + rows[None, :] * KD, mask=valid[None, :], other=0.0)
         b = tl.load(b_ptr + rows[:, None] * ND + rn[None, :], mask=valid[:, None], other=0.0)
         w = tl.exp(tl.load(wlog_ptr + rows))
-        decay = tl.exp(tl.load(decay_ptr + c))
+        decay = tl.exp(log_decay)
         state = decay * state + tl.dot(a_t, (b.to(tl.float32) * w[:, None]).to(a_t.dtype))
-        if HAS_COEF:
-            w = w * tl.load(coef_ptr + rows)
-        vec = decay * vec + tl.sum(a_t.to(tl.float32) * w[None, :], axis=1)
+        if pn == 0:  # the vector state: only the first DV block's programs keep it
+            if HAS_COEF:
+                w = w * coef
+            vec = decay * vec + tl.sum(a_t.to(tl.float32) * w[None, :], axis=1)
     if not REVERSE:
         tl.store(final_ptr + bh * KD * ND + rk[:, None] * ND + rn[None, :], state)
         if pn == 0:
@@ -88,10 +114,11 @@ def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, f
 
 @triton.jit
 def _chunk_attend(x_ptr, y_ptr, z_ptr, state_ptr, vec_ptr, rg_ptr, cg_ptr, rs_ptr, extra_ptr, m_ptr,
-                  out_ptr, den_ptr, s_ptr, dot_w_ptr, dot_ptr, T, TP, n_states, n_vec, st_k, st_n, scale, eps,
+                  out_ptr, den_ptr, s_ptr, dot_w_ptr, dot_ptr, h_ptr, T, TP, n_states, n_vec, st_k, st_n, scale, eps,
                   KD: tl.constexpr, ND: tl.constexpr, CHUNK: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
                   BK: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, FWD: tl.constexpr,
-                  ROW_EXTRA: tl.constexpr, COL_EXTRA: tl.constexpr, ROW_DOT: tl.constexpr):
+                  ROW_EXTRA: tl.constexpr, COL_EXTRA: tl.constexpr, ROW_DOT: tl.constexpr, ROW_DS: tl.constexpr,
+                  PREFETCH: tl.constexpr):
     # the DV blocks of one row tile are neighbours in the launch order: they share its x, y loads in L2
     n_blocks: tl.constexpr = (ND + BN - 1) // BN
     pr, pn, bh = tl.program_id(0) // n_blocks, tl.program_id(0) % n_blocks, tl.program_id(1).to(tl.int64)
@@ -113,25 +140,86 @@ def _chunk_attend(x_ptr, y_ptr, z_ptr, state_ptr, vec_ptr, rg_ptr, cg_ptr, rs_pt
     vec_len: tl.constexpr = KD if FWD else ND
     vec_ptr += (bh * n_vec + chunk) * vec_len
     rg = tl.load(rg_ptr + rows)
-    if ROW_EXTRA:
+    if ROW_EXTRA and not ROW_DS:
         row_extra = tl.load(extra_ptr + rows)
+    if PREFETCH:  # the row and column vectors used after the state product, loaded before it
+        log_state_scale = tl.load(rs_ptr + rows)
+        if ROW_EXTRA or COL_EXTRA:
+            vec_n = tl.load(vec_ptr + rn)
+        if ROW_DS or FWD:
+            m_rows = tl.load(m_ptr + bh * TP + rows)
+        if ROW_DS:
+            s_fwd = tl.load(s_ptr + bh * T + rows, mask=valid_r, other=0.0)
     # the state carried into (or, reversed, out of) this chunk, in the inputs' dtype (a tensor-core
     # dot, half the bytes of fp32); its rows are weighted by exp(rs) after the dot
     acc = tl.zeros((BR, BN), tl.float32)
     s = tl.zeros((BR,), tl.float32)
+    h_ptr += bh * T * KD
+    # The row sums below read x through a load of their own (xr; its mask differs, so the two loads stay apart).
+    # A tile that feeds both a wgmma and registers gets one buffer fewer than the pipeline's stages from Triton's
+    # pipeliner (seen in the TTGIR of Triton 3.9), and the next step's copy then overwrites it while the wgmma,
+    # still in flight, reads it: with x shared, h and dq changed from run to run on the H200 (linear.md).
+    if PREFETCH:  # loads that feed no dot are not in Triton's pipeline: each one step ahead, by hand
+        rk_first = tl.arange(0, BK)
+        if FWD:
+            vec_next = tl.load(vec_ptr + rk_first)
+        if ROW_DS:
+            hx_next = tl.load(h_ptr + rows[:, None] * KD + rk_first[None, :], mask=valid_r[:, None], other=0.0)
+        if FWD or ROW_DS:
+            xr_next = tl.load(x_ptr + rows[:, None] * KD + rk_first[None, :],
+                              mask=valid_r[:, None] & (rk_first[None, :] < KD), other=0.0)
     for k0 in range(0, KD, BK):
         rk = k0 + tl.arange(0, BK)
+        if PREFETCH:
+            rk_next = (k0 + BK) % KD + tl.arange(0, BK)  # the last step loads the first block again (unused)
+            if FWD:
+                vec_k = vec_next
+                vec_next = tl.load(vec_ptr + rk_next)
+            if ROW_DS:
+                hx = hx_next
+                hx_next = tl.load(h_ptr + rows[:, None] * KD + rk_next[None, :], mask=valid_r[:, None], other=0.0)
+            if FWD or ROW_DS:
+                xr = xr_next
+                xr_next = tl.load(x_ptr + rows[:, None] * KD + rk_next[None, :],
+                                  mask=valid_r[:, None] & (rk_next[None, :] < KD), other=0.0)
+        else:
+            if FWD:
+                vec_k = tl.load(vec_ptr + rk)
+            if ROW_DS:
+                hx = tl.load(h_ptr + rows[:, None] * KD + rk[None, :], mask=valid_r[:, None], other=0.0)
+            if FWD or ROW_DS:
+                xr = tl.load(x_ptr + rows[:, None] * KD + rk[None, :], mask=valid_r[:, None] & (rk[None, :] < KD),
+                             other=0.0)
         x = tl.load(x_ptr + rows[:, None] * KD + rk[None, :], mask=valid_r[:, None], other=0.0)
         acc = tl.dot(x, tl.load(state_ptr + rk[:, None] * st_k + rn[None, :] * st_n).to(x.dtype), acc)
         if FWD:
-            s += tl.sum(x.to(tl.float32) * tl.load(vec_ptr + rk)[None, :], axis=1)
-    state_scale = tl.exp(tl.load(rs_ptr + rows))
+            s += tl.sum(xr.to(tl.float32) * vec_k[None, :], axis=1)
+        if ROW_DS:  # x = dh: its rows' dots with h, read alongside (no pass of their own)
+            s += tl.sum(xr.to(tl.float32) * hx.to(tl.float32), axis=1)
+    if ROW_DS:
+        # ds'_t = -(dh_t . h_t) sign(s_t) [|s_t| > exp(-m_t)] (chunk_bwd.py); written (padding rows: 0) for the
+        # reverse scan and the dk attend, which run after this one
+        if not PREFETCH:
+            s_fwd = tl.load(s_ptr + bh * T + rows, mask=valid_r, other=0.0)
+            m_rows = tl.load(m_ptr + bh * TP + rows)
+        live = tl.abs(s_fwd) > tl.exp(-m_rows)
+        sign = tl.where(s_fwd > 0, 1.0, tl.where(s_fwd < 0, -1.0, 0.0))
+        row_extra = tl.where(live, -s * sign, 0.0)
+        if pn == 0:
+            tl.store(extra_ptr + rows, row_extra)
+    if not PREFETCH:
+        log_state_scale = tl.load(rs_ptr + rows)
+        if ROW_EXTRA or COL_EXTRA:
+            vec_n = tl.load(vec_ptr + rn)
+    state_scale = tl.exp(log_state_scale)
     acc *= state_scale[:, None]
     s *= state_scale
     if ROW_EXTRA:
-        acc += (state_scale * row_extra)[:, None] * tl.load(vec_ptr + rn)[None, :]
+        acc += (state_scale * row_extra)[:, None] * vec_n[None, :]
     if COL_EXTRA:
-        acc += state_scale[:, None] * tl.load(vec_ptr + rn)[None, :]
+        acc += state_scale[:, None] * vec_n[None, :]
+    if ROW_DOT and PREFETCH:
+        dot_w = tl.load(dot_w_ptr + bh * T * ND + rows[:, None] * ND + rn[None, :], mask=valid_r[:, None], other=0.0)
     if REVERSE:
         lo, hi = pr * BR, tl.minimum((chunk + 1) * CHUNK, T)
     else:
@@ -139,6 +227,11 @@ def _chunk_attend(x_ptr, y_ptr, z_ptr, state_ptr, vec_ptr, rg_ptr, cg_ptr, rs_pt
     for col0 in range(lo, hi, BC):
         cols = col0 + tl.arange(0, BC)
         valid_c = cols < T
+        if PREFETCH:  # issued before the score loop, which hides their latency (Triton pipelines inner loops only)
+            z = tl.load(z_ptr + cols[:, None] * ND + rn[None, :], mask=valid_c[:, None], other=0.0)
+            cg = tl.load(cg_ptr + cols)
+            if COL_EXTRA:
+                col_extra = tl.load(extra_ptr + cols)
         score = tl.zeros((BR, BC), tl.float32)
         for k0 in range(0, KD, BK):
             rk = k0 + tl.arange(0, BK)
@@ -148,30 +241,37 @@ def _chunk_attend(x_ptr, y_ptr, z_ptr, state_ptr, vec_ptr, rg_ptr, cg_ptr, rs_pt
         if ROW_EXTRA:
             score += row_extra[:, None]
         if COL_EXTRA:
-            score += tl.load(extra_ptr + cols)[None, :]
+            if not PREFETCH:
+                col_extra = tl.load(extra_ptr + cols)
+            score += col_extra[None, :]
         if REVERSE:
             keep = (cols[None, :] >= rows[:, None]) & valid_c[None, :]
         else:
             keep = cols[None, :] <= rows[:, None]
-        cg = tl.load(cg_ptr + cols)
+        if not PREFETCH:
+            cg = tl.load(cg_ptr + cols)
         score *= tl.exp(tl.where(keep, rg[:, None] + cg[None, :], -float("inf")))
         if FWD:
             s += tl.sum(score, axis=1)
-        z = tl.load(z_ptr + cols[:, None] * ND + rn[None, :], mask=valid_c[:, None], other=0.0)
+        if not PREFETCH:
+            z = tl.load(z_ptr + cols[:, None] * ND + rn[None, :], mask=valid_c[:, None], other=0.0)
         acc += tl.dot(score.to(z.dtype), z)
     acc = scale * acc
     if FWD:
         s = scale * s
-        m = tl.load(m_ptr + bh * TP + rows)
-        den = tl.maximum(tl.abs(s), tl.exp(-m)) + eps
+        if not PREFETCH:
+            m_rows = tl.load(m_ptr + bh * TP + rows)
+        den = tl.maximum(tl.abs(s), tl.exp(-m_rows)) + eps
         acc = acc / den[:, None]
         if pn == 0:
             tl.store(den_ptr + bh * T + rows, den, mask=valid_r)
             tl.store(s_ptr + bh * T + rows, s, mask=valid_r)
     tl.store(out_ptr + rows[:, None] * ND + rn[None, :], acc.to(out_ptr.dtype.element_ty), mask=valid_r[:, None])
     if ROW_DOT:  # one block holds whole rows: their dots with w (q . dq, k . dk) instead of a pass over both
-        w = tl.load(dot_w_ptr + bh * T * ND + rows[:, None] * ND + rn[None, :], mask=valid_r[:, None], other=0.0)
-        tl.store(dot_ptr + bh * T + rows, tl.sum(acc * w.to(tl.float32), axis=1), mask=valid_r)
+        if not PREFETCH:
+            dot_w = tl.load(dot_w_ptr + bh * T * ND + rows[:, None] * ND + rn[None, :], mask=valid_r[:, None],
+                            other=0.0)
+        tl.store(dot_ptr + bh * T + rows, tl.sum(acc * dot_w.to(tl.float32), axis=1), mask=valid_r)
 
 
 @triton.jit
@@ -242,10 +342,10 @@ def check_inputs(q, k, v, i, f, chunk, tile):
             or f.shape != i.shape:
         raise ValueError(f"expected q, k (B, H, T, DQK), v (B, H, T, DV), i, f (B, H, T); got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}, {tuple(i.shape)}, {tuple(f.shape)}")
-    for name, n in (("DQK", q.shape[-1]), ("DV", v.shape[-1]), ("tile", tile)):
+    for name, n in (("DQK", q.shape[-1]), ("DV", v.shape[-1])) + ((("tile", tile),) if tile else ()):
         if n < 16 or n & (n - 1):
             raise ValueError(f"{name}={n} must be a power of two >= 16")
-    if chunk % tile:
+    if tile and chunk % tile:
         raise ValueError(f"chunk size {chunk} must be a multiple of the tile {tile}")
     if chunk & (chunk - 1):
         raise ValueError(f"chunk size {chunk} must be a power of two")
@@ -275,11 +375,29 @@ def row_dots(a, b):
     return out
 
 
-def attend(x, y, z, state, vec, rg, cg, rs, *, chunk, tile, scale, state_t=False, reverse=False, extra=None,
-           row_extra=False, col_extra=False, fwd_m=None, dot_w=None):
+def fwd_attend_config():
+    """The forward attend's settings (the module's tunables, read at call time)."""
+    return dict(tile=TILE, col_tile=COL_TILE, bk=BLOCK_K, bn=BLOCK_N, warps=NUM_WARPS, stages=NUM_STAGES,
+                maxnreg=ATTEND_MAX_NREG, prefetch=PREFETCH)
+
+
+def fwd_scan_config():
+    return dict(bk=STATE_BLOCK_K, bn=STATE_BLOCK_N, warps=STATE_NUM_WARPS, stages=STATE_NUM_STAGES,
+                prefetch=STATE_PREFETCH, min_programs=SCAN_MIN_PROGRAMS, small_bk=SMALL_STATE_BLOCK_K,
+                small_bn=SMALL_STATE_BLOCK_N, small_warps=SMALL_STATE_NUM_WARPS)
+
+
+def attend(x, y, z, state, vec, rg, cg, rs, *, chunk, scale, config=None, tile=None, state_t=False, reverse=False,
+           extra=None, row_extra=False, col_extra=False, fwd_m=None, dot_w=None, ds_from=None):
     """Launch `_chunk_attend`; x, y (BH, T, KD), z (BH, T, ND), state (BH, n, DQK, DV) read as KD x ND
-    (transposed when state_t). Returns out (BH, T, ND) [, den, s when fwd_m is given] [, the fp32 row dots of
-    out with dot_w (BH, T, ND) when given]."""
+    (transposed when state_t). `config`: tile (rows per program), col_tile (optional: columns per step of the
+    intra-chunk loop, <= tile; default tile), bk, bn, warps, stages, maxnreg, prefetch (optional, see PREFETCH)
+    (default: the forward's); `tile` (if given) overrides the config's. Returns out (BH, T, ND) [, den, s when
+    fwd_m is given] [, the fp32 row dots of out with dot_w (BH, T, ND) when given]. With ds_from = (h, s, m), the
+    row extra is computed here: ds' = -(x . h) sign(s) [|s| > exp(-m)], written into `extra` (BH, TP) fp32."""
+    cfg = config or fwd_attend_config()
+    tile = min(tile or cfg["tile"], chunk)
+    col_tile = min(cfg.get("col_tile") or tile, tile)
     bh, t, kd = x.shape
     nd = z.shape[-1]
     tp = rg.shape[-1]
@@ -288,27 +406,34 @@ def attend(x, y, z, state, vec, rg, cg, rs, *, chunk, tile, scale, state_t=False
     st_k, st_n = (1, d1) if state_t else (d1, 1)
     out = torch.empty_like(z)
     fwd = fwd_m is not None
+    row_ds = ds_from is not None
     den = torch.empty(bh, t, device=x.device, dtype=torch.float32) if fwd else out
     s = torch.empty_like(den) if fwd else out
-    block_k, block_n = min(BLOCK_K, kd), min(BLOCK_N, nd)
+    h_ds, m = out, fwd_m if fwd else rg
+    if row_ds:
+        h_ds, s, m = ds_from
+    block_k, block_n = min(cfg["bk"], kd), min(cfg["bn"], nd)
     row_dot = dot_w is not None and block_n == nd
     dots = torch.empty(bh, t, device=x.device, dtype=torch.float32) if row_dot else out
     grid = (tp // tile * triton.cdiv(nd, block_n), bh)
-    _chunk_attend[grid](x, y, z, state, vec, rg, cg, rs, extra if extra is not None else rg,
-                        fwd_m if fwd else rg, out, den, s, dot_w if row_dot else out, dots, t, tp, n_states, n_vec,
-                        st_k, st_n, scale, EPS, KD=kd, ND=nd, CHUNK=chunk, BR=tile, BC=tile, BK=block_k, BN=block_n,
-                        REVERSE=reverse, FWD=fwd, ROW_EXTRA=row_extra, COL_EXTRA=col_extra, ROW_DOT=row_dot,
-                        num_warps=NUM_WARPS, num_stages=NUM_STAGES, maxnreg=ATTEND_MAX_NREG)
+    _chunk_attend[grid](x, y, z, state, vec, rg, cg, rs, extra if extra is not None else rg, m, out, den, s,
+                        dot_w if row_dot else out, dots, h_ds, t, tp, n_states, n_vec, st_k, st_n, scale, EPS, KD=kd,
+                        ND=nd, CHUNK=chunk, BR=tile, BC=col_tile, BK=block_k, BN=block_n, REVERSE=reverse, FWD=fwd,
+                        ROW_EXTRA=row_extra, COL_EXTRA=col_extra, ROW_DOT=row_dot, ROW_DS=row_ds,
+                        PREFETCH=bool(cfg.get("prefetch")), num_warps=cfg["warps"], num_stages=cfg["stages"],
+                        maxnreg=cfg["maxnreg"])
     if dot_w is None:
         return (out, den, s) if fwd else out
-    if not row_dot:  # rows split over several blocks (BLOCK_N < ND)
+    if not row_dot:  # rows split over several blocks (bn < ND)
         dots = row_dots(out, dot_w)
     return out, dots
 
 
-def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None):
+def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None, config=None):
     """Launch `_chunk_state_scan`: states (BH, NC, KD, ND) in a's dtype, vec (BH, NC (+1 forward), KD) fp32,
-    and in forward order the final state (BH, KD, ND) fp32 (else None)."""
+    and in forward order the final state (BH, KD, ND) fp32 (else None). `config`: bk, bn, warps, stages,
+    prefetch (optional), min_programs, small_bk, small_bn, small_warps (default: the forward's)."""
+    cfg = config or fwd_scan_config()
     bh, t, kd = a.shape
     nd = b.shape[-1]
     nc = decay.shape[-1]
@@ -316,14 +441,15 @@ def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None):
     states = torch.empty(bh, nc, kd, nd, device=a.device, dtype=a.dtype)
     final = None if reverse else torch.empty(bh, kd, nd, device=a.device, dtype=torch.float32)
     vec = torch.empty(bh, n_states, kd, device=a.device, dtype=torch.float32)
-    block_k, block_n, warps = min(STATE_BLOCK_K, kd), min(STATE_BLOCK_N, nd), STATE_NUM_WARPS
-    if triton.cdiv(kd, block_k) * triton.cdiv(nd, block_n) * bh < SCAN_MIN_PROGRAMS:
-        block_k, block_n, warps = min(SMALL_STATE_BLOCK_K, kd), min(SMALL_STATE_BLOCK_N, nd), SMALL_STATE_NUM_WARPS
+    block_k, block_n, warps = min(cfg["bk"], kd), min(cfg["bn"], nd), cfg["warps"]
+    if triton.cdiv(kd, block_k) * triton.cdiv(nd, block_n) * bh < cfg["min_programs"]:
+        block_k, block_n, warps = min(cfg["small_bk"], kd), min(cfg["small_bn"], nd), cfg["small_warps"]
     grid = (triton.cdiv(kd, block_k), triton.cdiv(nd, block_n), bh)
     _chunk_state_scan[grid](a, b, wlog, decay, coef if coef is not None else wlog, states,
                             states if final is None else final, vec, t, wlog.shape[-1],
                             nc, n_states, KD=kd, ND=nd, CHUNK=chunk, BK=block_k, BN=block_n, REVERSE=reverse,
-                            HAS_COEF=coef is not None, num_warps=warps, num_stages=NUM_STAGES)
+                            HAS_COEF=coef is not None, PREFETCH=bool(cfg.get("prefetch")), num_warps=warps,
+                            num_stages=cfg["stages"])
     return states, vec, final
 
 
@@ -332,7 +458,7 @@ def mlstm_chunkwise_fwd(q, k, v, i, f, chunk=None, tile=None):
     (h, C states before each chunk (B*H, NC, DQK, DV) in q's dtype, final C (B*H, DQK, DV) fp32,
     n states (B*H, NC+1, DQK), den (B*H, T), s (B*H, T), m_chunk (B*H, NC))."""
     chunk = chunk or CHUNK
-    tile = min(tile or TILE, chunk)
+    tile = min(tile, chunk) if tile else None  # None: each attend's own setting
     check_inputs(q, k, v, i, f, chunk, tile)
     b, h, t, dqk = q.shape
     dv = v.shape[-1]

@@ -4,7 +4,7 @@ import torch
 import triton
 
 from kernels.mlstm.chunk_bwd import mlstm_chunkwise_bwd
-from kernels.mlstm.chunk_fwd import CHUNK, TILE, mlstm_chunkwise_fwd
+from kernels.mlstm.chunk_fwd import CHUNK, mlstm_chunkwise_fwd
 from kernels.mlstm.step import mlstm_step as _step
 
 Tensor = torch.Tensor
@@ -74,7 +74,9 @@ def mlstm_chunkwise(q, k, v, i, f, chunk=None, tile=None, return_state=False):
     pre-activations i, f (B, H, T). Differentiable in all five. With return_state, also the final
     (C, n, m), fp32, to continue with `mlstm_step`."""
     chunk = chunk or CHUNK
-    h, _, c_final, n_states, _, _, m_chunk = mlstm_chunkwise_fwd_op(q, k, v, i, f, chunk, min(tile or TILE, chunk))
+    # tile 0: each attend (forward h; backward dq, dk, dv) takes its own tile setting
+    h, _, c_final, n_states, _, _, m_chunk = mlstm_chunkwise_fwd_op(q, k, v, i, f, chunk,
+                                                                   min(tile, chunk) if tile else 0)
     if not return_state:
         return h
     b, nh, _, dqk = q.shape

@@ -9,11 +9,11 @@ g = dL/do:  dn_t = g_t / den_t,  dd_t = -(g_t . o_t) / den_t,  dA_tj = dn_t . v_
   sums the segment's D and E below and writes dd, so the reverse scan need not read o.
 - dphi(k_j) = sum_{t>=j} dA_tj phi(q_t) = D_j v_j + E_j and dv_j = sum_{t>=j} a_tj dn_t
   = D_j^T phi(k_j), with D_j = sum_{t>=j} phi(q_t) dn_t^T and E_j = sum_{t>=j} dd_t phi(q_t):
-  a reverse scan from the sums over the later segments (`_race_bwd_dkdv`).
-- dq, dk from dphi (fp32): `_race_hash_bwd`, every chunk of rows its own program, recomputing
-  the hash: dL/dlog phi = dphi * phi goes back through HM to beta t and log 2cosh(beta t)
-  (whose derivative is tanh), then through tanh and W. Out of the scans for the same reason as
-  the forward hash.
+  a reverse scan from the sums over the later segments (`_segment_prefix` with REVERSE), `_race_bwd_dkdv`.
+- dq, dk from dphi (in the input dtype with DPHI_LOW, else fp32): `_race_hash_bwd`, every chunk of
+  rows its own program, recomputing the hash: dL/dlog phi = dphi * phi goes back through HM to
+  beta t and log 2cosh(beta t) (whose derivative is tanh), then through tanh and W. Out of the
+  scans: there every step of a program's chain of chunks counts.
 Given den and phi, all of it is linear in g's value columns, dd included (a sum over them), so
 one program per block of BWD_BLOCK_V value columns does each scan with that block's share of dd
 and of E, and writes its share of dphi: smaller states and tiles, twice the programs; the hash
@@ -27,11 +27,13 @@ import triton
 import triton.language as tl
 
 from kernels.race import chunk_fwd
-from kernels.race.chunk_fwd import (_dot_hl, _dot_lh, _hash_logits, _load_wt, check_inputs, hash_layout,
-                                    segment_length, starting_sums)
+from kernels.race.chunk_fwd import (_dot_hl, _dot_lh, _hash_logits, _load_start, _load_wt, check_inputs, hash_layout,
+                                    segment_length, segment_prefix, starting_sums)
 
 BWD_WARPS = 4  # 8 measured 1.5-1.7x slower (docs/benchmarks/linear.md)
 BWD_BLOCK_V = 128  # 64: twice the programs, half the state each
+BWD_BLOCK_V_WIDE = 64  # the same at S >= 64 ((4,4)), where a block of 128 spills
+DPHI_LOW = True  # dL/dphi between the scans and the hash backward in the input dtype (else fp32)
 
 
 @triton.jit
@@ -50,7 +52,7 @@ def _race_hash_bwd(x_ptr, w_ptr, hm_ptr, dphi_ptr, dx_ptr, T, beta, D: tl.conste
     dphi = tl.zeros((ROWS, S), tl.float32)
     for part in tl.static_range(PARTS):
         offs = (part * tl.num_programs(1) + bh) * T * S + rows[:, None] * S + cs[None, :]
-        dphi += tl.load(dphi_ptr + offs, mask=valid[:, None], other=0.0)
+        dphi += tl.load(dphi_ptr + offs, mask=valid[:, None], other=0.0).to(tl.float32)
     t, z, logits = _hash_logits(x, wt.to(x.dtype), hm, beta)
     g = tl.where(cs[None, :] < L * R, dphi * tl.exp(logits), 0.0)  # dL/dlog phi
     gz, glc = tl.split(tl.reshape(_dot_lh(g, tl.trans(hm)), (ROWS, HW, 2)))
@@ -62,7 +64,7 @@ def _race_hash_bwd(x_ptr, w_ptr, hm_ptr, dphi_ptr, dx_ptr, T, beta, D: tl.conste
 
 
 @triton.jit
-def _race_bwd_dq(phq_ptr, phk_ptr, v_ptr, o_ptr, do_ptr, den_ptr, sums_ptr, counts_ptr, dphq_ptr, dd_ptr,
+def _race_bwd_dq(phq_ptr, phk_ptr, v_ptr, o_ptr, do_ptr, den_ptr, state_ptr, dphq_ptr, dd_ptr,
                  dsums_ptr, dcounts_ptr, T, seg_len, n_seg, DV: tl.constexpr, BV: tl.constexpr, S: tl.constexpr,
                  CHUNK: tl.constexpr, CAUSAL: tl.constexpr):
     # program (value block, segment, batch*head); its dphi(q), dd, D^T rows and E are the value
@@ -79,8 +81,7 @@ def _race_bwd_dq(phq_ptr, phk_ptr, v_ptr, o_ptr, do_ptr, den_ptr, sums_ptr, coun
     dd_ptr += part * T
     cv, cs = vb * BV + tl.arange(0, BV), tl.arange(0, S)
     state = bh * n_seg + seg
-    sums = tl.load(sums_ptr + state * DV * S + cv[:, None] * S + cs[None, :])  # rows of B^T before the segment
-    counts = tl.load(counts_ptr + state * S + cs)
+    sums, counts = _load_start(state_ptr, bh, seg, n_seg, cv, cs, DV, S, CAUSAL)  # rows of B^T, A before the segment
     dsums = tl.zeros((BV, S), tl.float32)  # rows of the segment's D^T
     dcounts = tl.zeros((S,), tl.float32)  # the block's share of the segment's E
     causal = tl.arange(0, CHUNK)[:, None] >= tl.arange(0, CHUNK)[None, :]
@@ -104,7 +105,7 @@ def _race_bwd_dq(phq_ptr, phk_ptr, v_ptr, o_ptr, do_ptr, den_ptr, sums_ptr, coun
             dphq += tl.dot(dp.to(v.dtype), phk)
             sums += tl.dot(tl.trans(v), phk)
             counts += tl.sum(phk.to(tl.float32), axis=0)
-        tl.store(dphq_ptr + rows[:, None] * S + cs[None, :], dphq, mask=valid[:, None])
+        tl.store(dphq_ptr + rows[:, None] * S + cs[None, :], dphq.to(dphq_ptr.dtype.element_ty), mask=valid[:, None])
     tl.store(dsums_ptr + state * DV * S + cv[:, None] * S + cs[None, :], dsums)
     tl.store(dcounts_ptr + (part * n_seg + seg) * S + cs, dcounts)
 
@@ -149,7 +150,7 @@ def _race_bwd_dkdv(phq_ptr, phk_ptr, v_ptr, do_ptr, den_ptr, dd_ptr, dsums_ptr, 
             phq32 = phq.to(tl.float32)
             dsums += _dot_hl(tl.trans(do), phq32 * rden[:, None])
             dcounts += tl.sum(phq32 * dd[:, None], axis=0)
-        tl.store(dphk_ptr + rows[:, None] * S + cs[None, :], dphk, mask=valid[:, None])
+        tl.store(dphk_ptr + rows[:, None] * S + cs[None, :], dphk.to(dphk_ptr.dtype.element_ty), mask=valid[:, None])
         tl.store(dv_ptr + rows[:, None] * DV + cv[None, :], dv.to(dv_ptr.dtype.element_ty), mask=valid[:, None])
 
 
@@ -163,8 +164,8 @@ def hash_bwd(x, dphi, w32, hm, consts, beta):
     return dx
 
 
-def race_bwd(do, q, k, v, w, o, den, sums, counts, phq, phk, beta=None, chunk=None, seg_chunks=0, causal=True):
-    """(dq, dk, dv) from the forward's o, den, saved per-segment starting sums and phi."""
+def race_bwd(do, q, k, v, w, o, den, state, phq, phk, beta=None, chunk=None, seg_chunks=0, causal=True):
+    """(dq, dk, dv) from the forward's o, den, saved per-segment prefix sums (`race_fwd`'s state) and phi."""
     check_inputs(q, k, v, w)
     chunk = chunk or chunk_fwd.CHUNK
     q, k, v, o, do = (x.contiguous() for x in (q, k, v, o, do))
@@ -172,25 +173,29 @@ def race_bwd(do, q, k, v, w, o, den, sums, counts, phq, phk, beta=None, chunk=No
     dv_dim, s = v.shape[-1], phq.shape[-1]
     beta = 1.0 / math.sqrt(d) if beta is None else float(beta)
     w32, hm, consts = hash_layout(w)
-    seg_len = segment_length(t, b * h, chunk, seg_chunks)
+    seg_len = segment_length(t, b * h, chunk, seg_chunks, s)
     n_seg = triton.cdiv(t, seg_len)
-    if sums.shape[1] != n_seg:
-        raise ValueError(f"saved state has {sums.shape[1]} segments, expected {n_seg}: same chunk/seg_chunks please")
-    bv = min(BWD_BLOCK_V, dv_dim)
+    if state.shape[1] != n_seg:
+        raise ValueError(f"saved state has {state.shape[1]} segments, expected {n_seg}: same chunk/seg_chunks please")
+    bv = min(BWD_BLOCK_V_WIDE if s >= 64 else BWD_BLOCK_V, dv_dim)
     nv = dv_dim // bv
     launch = dict(DV=dv_dim, BV=bv, S=s, CHUNK=chunk, num_warps=BWD_WARPS,
                   num_stages=chunk_fwd.NUM_STAGES)
     grid = (nv, n_seg, b * h)
     # the value blocks' partial dphi, dd and E (see the module docstring)
-    dphq, dphk = (torch.empty(nv, b, h, t, s, device=q.device, dtype=torch.float32) for _ in range(2))
+    dphi_dtype = q.dtype if DPHI_LOW else torch.float32
+    dphq, dphk = (torch.empty(nv, b, h, t, s, device=q.device, dtype=dphi_dtype) for _ in range(2))
     dd = torch.empty(nv, b, h, t, device=q.device, dtype=torch.float32)
-    dsums = torch.empty_like(sums)
+    dsums = torch.empty(b * h, n_seg, dv_dim, s, device=q.device, dtype=torch.float32)
     dcounts = torch.empty(nv * b * h, n_seg, s, device=q.device, dtype=torch.float32)
     dv = torch.empty_like(v)
-    _race_bwd_dq[grid](phq, phk, v, o, do, den, sums, counts, dphq, dd, dsums, dcounts, t, seg_len, n_seg,
+    _race_bwd_dq[grid](phq, phk, v, o, do, den, state, dphq, dd, dsums, dcounts, t, seg_len, n_seg,
                        CAUSAL=causal, **launch)
     # the reverse scan starts each segment from the sum over the segments after it (all of them if not causal)
-    dsums, dcounts = (starting_sums(x, causal, reverse=True) for x in (dsums, dcounts))
+    if causal:
+        dsums, dcounts = segment_prefix(dsums, reverse=True), segment_prefix(dcounts, reverse=True)
+    else:
+        dsums, dcounts = (starting_sums(x, causal, reverse=True) for x in (dsums, dcounts))
     _race_bwd_dkdv[grid](phq, phk, v, do, den, dd, dsums, dcounts, dphk, dv, t, seg_len, n_seg, CAUSAL=causal,
                          **launch)
     return hash_bwd(q, dphq, w32, hm, consts, beta), hash_bwd(k, dphk, w32, hm, consts, beta), dv

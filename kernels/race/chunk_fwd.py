@@ -3,19 +3,22 @@ linear-attention scan with feature dimension S. Seed of the `race_causal` task; 
 (kernels/race/ops.py) uses `race_fwd`, which also returns what the backward needs, and, with
 causal=False, computes non-causal RACE with the same kernels (every segment starts from the totals).
 
-  1. `_race_hash`: phi(q) and phi(k) (B, H, T, S) in the input dtype, every chunk of rows its own
-     program: t = tanh(x W^T), and log phi[l, r] = beta t_l . v_r - sum_p log 2cosh(beta t_lp)
-     (the corner softmax's normalizer factorizes over the P hyperplanes), i.e.
-     [beta t, log 2cosh(beta t)] @ HM with a fixed +-1 / 0 matrix HM. phi is S/D (1/4 at (3,3))
-     the size of q, so writing it and reading it back costs less than hashing inside the scans,
-     whose programs walk their chunks one after another: there every step's latency counts.
-  2. `_race_segment_sums`: per (segment of the sequence, batch*head), the segment's sum of
-     phi(k) v^T (kept as its transpose, DV x S) and of phi(k) (S), fp32. A single running state
-     per head would use only B*H programs, hence the segments.
-  3. an exclusive prefix over segments (torch; a few KB per segment).
-  4. `_race_fwd_chunks`: each segment scans its chunks from its prefix state, one program per
-     block of BV value columns:
-     o = (mask(phi(q) phi(k)^T) v + phi(q) B) / (rowsum(mask(phi(q) phi(k)^T)) + phi(q) . A).
+The hash: t = tanh(x W^T), and log phi[l, r] = beta t_l . v_r - sum_p log 2cosh(beta t_lp) (the
+corner softmax's normalizer factorizes over the P hyperplanes), i.e. [beta t, log 2cosh(beta t)] @ HM
+with a fixed +-1 / 0 matrix HM: two small products per chunk of rows (`_hash_logits`).
+
+  1. `_race_segment_sums`: per (segment of the sequence, batch*head), the segment's sum of
+     phi(k) v^T (kept as its transpose, DV x S) and of phi(k) (S), fp32, into the segment's row of
+     `state`. It reads k and hashes it, and writes phi(k) (S/D the size of k: 1/4 at (3,3)) for the
+     output scan and the backward. A single running state per head would use only B*H programs,
+     hence the segments.
+  2. `_segment_prefix`: the inclusive prefix of `state` over segments, in place (a few KB per segment).
+  3. `_race_fwd_chunks`: each segment scans its chunks from the prefix before it, one program per
+     block of BV value columns, hashing q on the way (phi(q) is written only when a backward will
+     need it): o = (mask(phi(q) phi(k)^T) v + phi(q) B) / (rowsum(mask(phi(q) phi(k)^T)) + phi(q) . A).
+So the forward reads q, k once, v twice, and moves phi(k) twice: 5.5 tensor passes at (3,3) where the
+bound counts 4. At S >= 64 buckets ((4,4)) the output scan with the hash inside spills and measured
+slower, so there (`FUSED_HASH_WIDE`) `_race_hash` writes phi(q) and phi(k) first and the scans read them.
 Every product's M side (rows of its output) is a chunk or DV, at least 64, the M of one Hopper
 wgmma tile (S is 32 or 64 and would not be); the fp32 states meet bf16 data in two bf16 products
 (state = hi + lo), which keeps about 16 bits of the state.
@@ -30,10 +33,18 @@ import triton.language as tl
 CHUNK = 64  # tunable: 64, 128
 NUM_WARPS = 4  # tunable: 4, 8
 NUM_STAGES = 2  # tunable: 2, 3
-TARGET_PROGRAMS = 1024  # tunable: 264, 528, 1024, 2048
+# programs per scan (B*H*segments): 512 measured 1-9% faster than 1024 at (3,3), a constant ~50 us that fits
+# torch's serial cumsum over the segments (since replaced by `_segment_prefix`)
+TARGET_PROGRAMS = 512  # tunable: 512, 1024, 2048
 BLOCK_V = 128  # tunable: 64, 128
 HASH_ROWS = 128  # tunable: 64, 128
 HASH_WARPS = 8  # tunable: 4, 8
+SUMS_WARPS = 4  # tunable: 4, 8
+FUSED_HASH = True  # phi(k) computed in the segment sums, phi(q) in the output scan (False: `_race_hash` first)
+# at S >= 64 buckets ((4,4)) the fused output scan spills (255 registers + 80 B) and measured slower
+# (docs/benchmarks/linear.md): there the hash runs first, and the scans keep 1024 programs
+FUSED_HASH_WIDE = False
+TARGET_PROGRAMS_WIDE = 1024
 
 
 @triton.jit
@@ -90,47 +101,135 @@ def _race_hash(x_ptr, w_ptr, hm_ptr, phi_ptr, T, beta, D: tl.constexpr, ROWS: tl
 
 
 @triton.jit
-def _race_segment_sums(phk_ptr, v_ptr, sums_ptr, counts_ptr, T, seg_len, n_seg, DV: tl.constexpr, S: tl.constexpr,
-                       CHUNK: tl.constexpr):
+def _phi_chunk(x_ptr, rows, valid, wt, hm, beta, D: tl.constexpr, S: tl.constexpr, L: tl.constexpr, R: tl.constexpr):
+    """phi of one chunk of rows of x (x_ptr at its batch*head), in x's dtype; zero in the padded tables
+    and in rows past T."""
+    x = tl.load(x_ptr + rows[:, None] * D + tl.arange(0, D)[None, :], mask=valid[:, None], other=0.0)
+    keep = valid[:, None] & (tl.arange(0, S)[None, :] < L * R)  # rows past T: zero, like a masked load of phi
+    return tl.where(keep, tl.exp(_hash_logits(x, wt, hm, beta)[2]), 0.0).to(x_ptr.dtype.element_ty)
+
+
+@triton.jit
+def _race_segment_sums(x_ptr, w_ptr, hm_ptr, phk_ptr, v_ptr, state_ptr, T, seg_len, n_seg, beta, D: tl.constexpr,
+                       DV: tl.constexpr, S: tl.constexpr, CHUNK: tl.constexpr, P: tl.constexpr, L: tl.constexpr,
+                       P_PAD: tl.constexpr, L_PAD: tl.constexpr, R: tl.constexpr, HASH: tl.constexpr):
+    """Per (segment, batch*head): the segment's sum of phi(k) v^T (kept as its transpose, DV x S)
+    in rows 0..DV-1 of its state and of phi(k) in row DV, fp32. With HASH, x is k: phi(k) is
+    computed here and written to phk_ptr; without, phk_ptr holds it already (x_ptr unused)."""
     seg, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     phk_ptr += bh * T * S
     v_ptr += bh * T * DV
+    x_ptr += bh * T * D
     cv, cs = tl.arange(0, DV), tl.arange(0, S)
+    if HASH:
+        wt = _load_wt(w_ptr, D, P, L, P_PAD, L_PAD).to(x_ptr.dtype.element_ty)
+        hm = tl.load(hm_ptr + tl.arange(0, 2 * P_PAD * L_PAD)[:, None] * S + cs[None, :]).to(x_ptr.dtype.element_ty)
     sums = tl.zeros((DV, S), tl.float32)  # (phi(k) v^T)^T: DV as the product's M side
     counts = tl.zeros((S,), tl.float32)
     for start in range(seg * seg_len, tl.minimum(T, (seg + 1) * seg_len), CHUNK):
         rows = start + tl.arange(0, CHUNK)
         valid = rows < T
-        phk = tl.load(phk_ptr + rows[:, None] * S + cs[None, :], mask=valid[:, None], other=0.0)
+        if HASH:
+            phk = _phi_chunk(x_ptr, rows, valid, wt, hm, beta, D, S, L, R)
+            tl.store(phk_ptr + rows[:, None] * S + cs[None, :], phk, mask=valid[:, None])
+        else:
+            phk = tl.load(phk_ptr + rows[:, None] * S + cs[None, :], mask=valid[:, None], other=0.0)
         v = tl.load(v_ptr + rows[:, None] * DV + cv[None, :], mask=valid[:, None], other=0.0)
         sums += tl.dot(tl.trans(v), phk)
         counts += tl.sum(phk.to(tl.float32), axis=0)
-    out = bh * n_seg + seg
-    tl.store(sums_ptr + out * DV * S + cv[:, None] * S + cs[None, :], sums)
-    tl.store(counts_ptr + out * S + cs, counts)
+    out = (bh * n_seg + seg) * (DV + 1) * S
+    tl.store(state_ptr + out + cv[:, None] * S + cs[None, :], sums)
+    tl.store(state_ptr + out + DV * S + cs, counts)
 
 
 @triton.jit
-def _race_fwd_chunks(phq_ptr, phk_ptr, v_ptr, sums_ptr, counts_ptr, o_ptr, den_ptr, T, seg_len, n_seg,
-                     DV: tl.constexpr, BV: tl.constexpr, S: tl.constexpr, CHUNK: tl.constexpr,
-                     CAUSAL: tl.constexpr):
+def _segment_prefix(x_ptr, n_seg, width, ROWS: tl.constexpr, BLOCK: tl.constexpr, REVERSE: tl.constexpr):
+    """In place over x (B*H, n_seg, width) fp32, per batch*head and block of BLOCK columns: the inclusive
+    prefix over segments, or with REVERSE the exclusive suffix (the sum over the segments after each).
+    ROWS segments per step, loaded at once: torch's cumsum over a middle dim walks one segment per
+    step, one memory latency each (about 0.4 us: 50 us at 128 segments, measured as a constant offset)."""
+    blk, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    cols = blk * BLOCK + tl.arange(0, BLOCK)
+    x_ptr += bh * n_seg * width
+    carry = tl.zeros((BLOCK,), tl.float32)
+    for i in range(0, tl.cdiv(n_seg, ROWS)):
+        if REVERSE:
+            rows = n_seg - (i + 1) * ROWS + tl.arange(0, ROWS)
+        else:
+            rows = i * ROWS + tl.arange(0, ROWS)
+        mask = ((rows >= 0) & (rows < n_seg))[:, None] & (cols < width)[None, :]
+        offs = rows[:, None].to(tl.int64) * width + cols[None, :]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+        if REVERSE:
+            y = tl.cumsum(x, axis=0, reverse=True) - x + carry[None, :]
+        else:
+            y = tl.cumsum(x, axis=0) + carry[None, :]
+        tl.store(x_ptr + offs, y, mask=mask)
+        carry += tl.sum(x, axis=0)
+
+
+def segment_prefix(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """x (B*H, n_seg, ...) fp32 contiguous, in place: inclusive prefix over dim 1 (reverse: exclusive suffix)."""
+    bh, n_seg = x.shape[:2]
+    width = x[0, 0].numel()
+    block = min(128, triton.next_power_of_2(width))
+    rows = min(32, triton.next_power_of_2(n_seg))
+    _segment_prefix[(triton.cdiv(width, block), bh)](x, n_seg, width, ROWS=rows, BLOCK=block, REVERSE=reverse,
+                                                     num_warps=4)
+    return x
+
+
+@triton.jit
+def _load_start(state_ptr, bh, seg, n_seg, cv, cs, DV: tl.constexpr, S: tl.constexpr, CAUSAL: tl.constexpr):
+    """What a segment starts from, out of the inclusive prefix over segments (state (B*H, n_seg, DV + 1, S)):
+    rows cv of (phi(k) v^T)^T and phi(k) summed over the earlier segments (CAUSAL; zero for the first),
+    else over all of them (the last prefix)."""
+    if CAUSAL:
+        src = (bh * n_seg + seg - 1) * (DV + 1) * S
+        first = cs < tl.where(seg > 0, S, 0)  # a tensor mask (the interpreter takes no scalar one)
+        sums = tl.load(state_ptr + src + cv[:, None] * S + cs[None, :], mask=first[None, :], other=0.0)
+        counts = tl.load(state_ptr + src + DV * S + cs, mask=first, other=0.0)
+    else:
+        src = (bh * n_seg + n_seg - 1) * (DV + 1) * S
+        sums = tl.load(state_ptr + src + cv[:, None] * S + cs[None, :])
+        counts = tl.load(state_ptr + src + DV * S + cs)
+    return sums, counts
+
+
+@triton.jit
+def _race_fwd_chunks(x_ptr, w_ptr, hm_ptr, phq_ptr, phk_ptr, v_ptr, state_ptr, o_ptr, den_ptr, T, seg_len, n_seg,
+                     beta, D: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, S: tl.constexpr,
+                     CHUNK: tl.constexpr, P: tl.constexpr, L: tl.constexpr, P_PAD: tl.constexpr,
+                     L_PAD: tl.constexpr, R: tl.constexpr, CAUSAL: tl.constexpr, HASH: tl.constexpr,
+                     SAVE: tl.constexpr):
+    """With HASH, x is q: phi(q) is computed here (and written to phq_ptr, with den, if SAVE, by
+    the first value block); without, phq_ptr holds it already."""
     # program (value block, segment, batch*head): the value blocks of a segment run side by side,
-    # so all but the first read its phi from L2
+    # so all but the first read its q (or phi) from L2
     vb, seg, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    x_ptr += bh * T * D
     phq_ptr += bh * T * S
     phk_ptr += bh * T * S
     v_ptr += bh * T * DV
     o_ptr += bh * T * DV
     den_ptr += bh * T
     cv, cs = vb * BV + tl.arange(0, BV), tl.arange(0, S)
-    state = bh * n_seg + seg
-    sums = tl.load(sums_ptr + state * DV * S + cv[:, None] * S + cs[None, :])  # (phi(k) v^T)^T before the segment
-    counts = tl.load(counts_ptr + state * S + cs)  # phi(k) before the segment
+    if HASH:
+        wt = _load_wt(w_ptr, D, P, L, P_PAD, L_PAD).to(x_ptr.dtype.element_ty)
+        hm = tl.load(hm_ptr + tl.arange(0, 2 * P_PAD * L_PAD)[:, None] * S + cs[None, :]).to(x_ptr.dtype.element_ty)
+    # (phi(k) v^T)^T and phi(k) before the segment
+    sums, counts = _load_start(state_ptr, bh, seg, n_seg, cv, cs, DV, S, CAUSAL)
     causal = tl.arange(0, CHUNK)[:, None] >= tl.arange(0, CHUNK)[None, :]
     for start in range(seg * seg_len, tl.minimum(T, (seg + 1) * seg_len), CHUNK):
         rows = start + tl.arange(0, CHUNK)
         valid = rows < T
-        phq = tl.load(phq_ptr + rows[:, None] * S + cs[None, :], mask=valid[:, None], other=0.0)
+        if HASH:
+            phq = _phi_chunk(x_ptr, rows, valid, wt, hm, beta, D, S, L, R)
+            if SAVE:
+                if vb == 0:
+                    tl.store(phq_ptr + rows[:, None] * S + cs[None, :], phq, mask=valid[:, None])
+        else:
+            phq = tl.load(phq_ptr + rows[:, None] * S + cs[None, :], mask=valid[:, None], other=0.0)
         num = _dot_hl(phq, tl.trans(sums))
         den = tl.sum(phq.to(tl.float32) * counts[None, :], axis=1)
         if CAUSAL:  # the chunk's own keys; without CAUSAL, sums/counts already hold every key
@@ -143,8 +242,9 @@ def _race_fwd_chunks(phq_ptr, phk_ptr, v_ptr, sums_ptr, counts_ptr, o_ptr, den_p
             counts += tl.sum(phk.to(tl.float32), axis=0)
         tl.store(o_ptr + rows[:, None] * DV + cv[None, :], (num / den[:, None]).to(o_ptr.dtype.element_ty),
                  mask=valid[:, None])
-        if vb == 0:
-            tl.store(den_ptr + rows, den, mask=valid)
+        if SAVE:
+            if vb == 0:
+                tl.store(den_ptr + rows, den, mask=valid)
 
 
 @functools.lru_cache(maxsize=64)
@@ -189,10 +289,17 @@ def check_inputs(q, k, v, w):
         raise ValueError(f"P={w.shape[1]} hyperplanes per table: at most 8 (2^P buckets per table)")
 
 
-def segment_length(t: int, bh: int, chunk: int, seg_chunks: int = 0) -> int:
-    """Tokens per segment: enough segments that B*H*segments ~ TARGET_PROGRAMS, whole chunks each."""
+def fused_hash(s: int) -> bool:
+    """Whether the scans hash (FUSED_HASH) at S buckets."""
+    return FUSED_HASH_WIDE if s >= 64 else FUSED_HASH
+
+
+def segment_length(t: int, bh: int, chunk: int, seg_chunks: int = 0, s: int = 32) -> int:
+    """Tokens per segment: enough segments that B*H*segments ~ TARGET_PROGRAMS (TARGET_PROGRAMS_WIDE at
+    S >= 64 buckets), whole chunks each."""
     if seg_chunks <= 0:
-        seg_chunks = triton.cdiv(triton.cdiv(t, chunk), max(1, TARGET_PROGRAMS // bh))
+        programs = TARGET_PROGRAMS_WIDE if s >= 64 else TARGET_PROGRAMS
+        seg_chunks = triton.cdiv(triton.cdiv(t, chunk), max(1, programs // bh))
     return seg_chunks * chunk
 
 
@@ -215,9 +322,11 @@ def soft_hash(x, w32, hm, consts, beta):
     return phi
 
 
-def race_fwd(q, k, v, w, beta=None, chunk=None, seg_chunks=0, causal=True):
-    """Returns (o, den, sums, counts, phi(q), phi(k)): the backward rescans from the saved
-    per-segment starting sums (prefixes when causal, totals when not) and the saved phi."""
+def race_fwd(q, k, v, w, beta=None, chunk=None, seg_chunks=0, causal=True, save=True):
+    """Returns (o, den, state, phi(q), phi(k)): state (B*H, n_seg, DV + 1, S) fp32 is the inclusive
+    prefix over segments of each segment's sums (rows < DV: (phi(k) v^T)^T; row DV: phi(k)), from
+    which the scans start each segment (`_load_start`); the backward rescans from it and the saved
+    phi. Without `save` (no backward to come), phi(q) and den are not written (None)."""
     check_inputs(q, k, v, w)
     chunk = chunk or CHUNK
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
@@ -225,23 +334,30 @@ def race_fwd(q, k, v, w, beta=None, chunk=None, seg_chunks=0, causal=True):
     dv = v.shape[-1]
     beta = 1.0 / math.sqrt(d) if beta is None else float(beta)
     w32, hm, consts = hash_layout(w)
-    phq, phk = soft_hash(q, w32, hm, consts, beta), soft_hash(k, w32, hm, consts, beta)
-    s = phq.shape[-1]
-    seg_len = segment_length(t, b * h, chunk, seg_chunks)
+    s = consts["L_PAD"] * consts["R"]
+    seg_len = segment_length(t, b * h, chunk, seg_chunks, s)
     n_seg = triton.cdiv(t, seg_len)
-    summed = n_seg > 1 or not causal  # else the one segment starts from zero
-    sums = (torch.empty if summed else torch.zeros)(b * h, n_seg, dv, s, device=q.device, dtype=torch.float32)
-    counts = (torch.empty if summed else torch.zeros)(b * h, n_seg, s, device=q.device, dtype=torch.float32)
-    launch = dict(S=s, CHUNK=chunk, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-    if summed:
-        _race_segment_sums[(n_seg, b * h)](phk, v, sums, counts, t, seg_len, n_seg, DV=dv, **launch)
-        sums, counts = starting_sums(sums, causal), starting_sums(counts, causal)
+    fused = fused_hash(s)
+    state = torch.empty(b * h, n_seg, dv + 1, s, device=q.device, dtype=torch.float32)
+    launch = dict(D=d, DV=dv, S=s, CHUNK=chunk, **consts, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+    if fused:
+        phk = k.new_empty(b, h, t, s)
+        phq = q.new_empty(b, h, t, s) if save else phk
+        _race_segment_sums[(n_seg, b * h)](k, w32, hm, phk, v, state, t, seg_len, n_seg, beta, HASH=True,
+                                           **(launch | dict(num_warps=SUMS_WARPS)))
+    else:
+        phq, phk = soft_hash(q, w32, hm, consts, beta), soft_hash(k, w32, hm, consts, beta)
+        if n_seg > 1 or not causal:
+            _race_segment_sums[(n_seg, b * h)](k, w32, hm, phk, v, state, t, seg_len, n_seg, beta, HASH=False,
+                                               **launch)
+    if n_seg > 1:  # else the one segment starts from zero (causal) or reads its own sums (not)
+        segment_prefix(state)
     o = torch.empty_like(v)
-    den = torch.empty(b, h, t, device=q.device, dtype=torch.float32)
+    den = torch.empty(b, h, t, device=q.device, dtype=torch.float32) if save else o
     bv = min(BLOCK_V, dv)
-    _race_fwd_chunks[(dv // bv, n_seg, b * h)](phq, phk, v, sums, counts, o, den, t, seg_len, n_seg, DV=dv, BV=bv,
-                                               CAUSAL=causal, **launch)
-    return o, den, sums, counts, phq, phk
+    _race_fwd_chunks[(dv // bv, n_seg, b * h)](q, w32, hm, phq, phk, v, state, o, den, t, seg_len, n_seg, beta, BV=bv,
+                                               CAUSAL=causal, HASH=fused, SAVE=save, **launch)
+    return (o, den, state, phq, phk) if save else (o, None, None, None, None)
 
 
 def entry(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

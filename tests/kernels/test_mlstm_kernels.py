@@ -51,20 +51,55 @@ def test_chunkwise_forward_state_and_gradients_match_reference(shape, chunk, til
 
 
 def test_small_blocks(monkeypatch):
-    # below SCAN_MIN_PROGRAMS the scan switches to the small blocks: here 2 x 2 tiles of the state; attends with
-    # two DV blocks per row (the backward's row dots then taken outside the kernel)
-    from kernels.mlstm import chunk_fwd
+    # below SCAN_MIN_PROGRAMS the scans switch to the small blocks: here 2 x 2 tiles of the state; attends with
+    # two output blocks per row (the backward's row dots then taken outside the kernel, dh . h formed by both)
+    from kernels.mlstm import chunk_bwd, chunk_fwd
     xs = inputs(t=40, dqk=32, dv=32)
     monkeypatch.setattr(chunk_fwd, "BLOCK_N", 16)
     monkeypatch.setattr(chunk_fwd, "SCAN_MIN_PROGRAMS", 10 ** 9)
     monkeypatch.setattr(chunk_fwd, "SMALL_STATE_BLOCK_K", 16)
     monkeypatch.setattr(chunk_fwd, "SMALL_STATE_BLOCK_N", 16)
+    for name in ("DQ_ATTEND", "DK_ATTEND", "DV_ATTEND"):
+        monkeypatch.setattr(chunk_bwd, name, dict(getattr(chunk_bwd, name), bn=16))
+    monkeypatch.setattr(chunk_bwd, "REV_SCAN", dict(chunk_bwd.REV_SCAN, min_programs=10 ** 9, small_bk=16,
+                                                     small_bn=16))
     leaves64 = [x.double().requires_grad_(True) for x in xs]
     golden = ref.mlstm_parallel(*leaves64)
     dh = torch.randn_like(golden)
     golden_grads = torch.autograd.grad(golden, leaves64, dh)
     leaves = [x.clone().requires_grad_(True) for x in xs]
     h = mlstm_chunkwise(*leaves, chunk=16, tile=16)
+    assert rel(h, golden) < 1e-5
+    for name, got, want in zip("qkvif", torch.autograd.grad(h, leaves, dh.float()), golden_grads):
+        assert rel(got, want) < 2e-5, name
+
+
+@pytest.mark.parametrize("prefetch", [False, True], ids=["in-place-loads", "prefetched-loads"])
+def test_each_attend_takes_its_own_settings(monkeypatch, prefetch):
+    # no tile given: the forward and the backward's dq, dk, dv attends each use their own tile and blocks;
+    # column steps smaller than the row tile (col_tile) in the forward and in dq, dk; loads issued a step early
+    from kernels.mlstm import chunk_bwd, chunk_fwd
+    xs = inputs(t=75, dqk=32, dv=32)
+    monkeypatch.setattr(chunk_fwd, "TILE", 32)
+    monkeypatch.setattr(chunk_fwd, "COL_TILE", 16)
+    monkeypatch.setattr(chunk_fwd, "BLOCK_K", 16)
+    monkeypatch.setattr(chunk_fwd, "PREFETCH", prefetch)
+    monkeypatch.setattr(chunk_fwd, "STATE_PREFETCH", prefetch)
+    monkeypatch.setattr(chunk_fwd, "STATE_BLOCK_K", 16)
+    monkeypatch.setattr(chunk_fwd, "SCAN_MIN_PROGRAMS", 0)
+    monkeypatch.setattr(chunk_bwd, "DQ_ATTEND", dict(chunk_bwd.DQ_ATTEND, tile=32, col_tile=16, bk=16,
+                                                     prefetch=prefetch))
+    monkeypatch.setattr(chunk_bwd, "DK_ATTEND", dict(chunk_bwd.DK_ATTEND, tile=32, col_tile=16, bk=16, bn=16,
+                                                     prefetch=prefetch))
+    monkeypatch.setattr(chunk_bwd, "DV_ATTEND", dict(chunk_bwd.DV_ATTEND, tile=16, bk=16, prefetch=prefetch))
+    monkeypatch.setattr(chunk_bwd, "REV_SCAN", dict(chunk_bwd.REV_SCAN, bk=16, bn=32, min_programs=0,
+                                                    prefetch=prefetch))
+    leaves64 = [x.double().requires_grad_(True) for x in xs]
+    golden = ref.mlstm_parallel(*leaves64)
+    dh = torch.randn_like(golden)
+    golden_grads = torch.autograd.grad(golden, leaves64, dh)
+    leaves = [x.clone().requires_grad_(True) for x in xs]
+    h = mlstm_chunkwise(*leaves, chunk=32)
     assert rel(h, golden) < 1e-5
     for name, got, want in zip("qkvif", torch.autograd.grad(h, leaves, dh.float()), golden_grads):
         assert rel(got, want) < 2e-5, name
@@ -106,3 +141,53 @@ def test_bad_inputs_are_rejected():
     c, n, m = ref.zero_state(q[..., 0, :], 32)
     with pytest.raises(ValueError, match="fp32"):
         mlstm_step(q[..., 0, :], k[..., 0, :], v[..., 0, :], i[..., 0], f[..., 0], c.double(), n, m)
+
+
+_RINGS = """
+import json, re, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from kernels.mlstm import chunk_fwd
+kind, stages = sys.argv[1], int(sys.argv[2])
+kd, nd = (256, 512) if kind == "h" else (512, 256)
+flags = dict(FWD=True) if kind == "h" else dict(ROW_EXTRA=True, ROW_DOT=True, ROW_DS=True)
+constexprs = dict(KD=kd, ND=nd, CHUNK=128, BR=64, BC=64, BK=64, BN=nd, REVERSE=False, FWD=False, ROW_EXTRA=False,
+                  COL_EXTRA=False, ROW_DOT=False, ROW_DS=False, PREFETCH=False)
+constexprs.update(flags, **{"st_k" if kind == "dq" else "st_n": 1})
+fn = chunk_fwd._chunk_attend
+sig, consts, attrs = {}, {}, {}
+for idx, name in enumerate(fn.arg_names):
+    if name in constexprs:
+        sig[name], consts[(idx,)] = "constexpr", constexprs[name]
+    elif name.endswith("_ptr"):
+        bf16 = name in ("x_ptr", "y_ptr", "z_ptr", "state_ptr", "out_ptr", "dot_w_ptr", "h_ptr")
+        sig[name], attrs[(idx,)] = ("*bf16" if bf16 else "*fp32"), [["tt.divisibility", 16]]
+    elif name in ("scale", "eps"):
+        sig[name] = "fp32"
+    else:
+        sig[name], attrs[(idx,)] = "i32", [["tt.divisibility", 16]]
+compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=16, num_stages=stages))
+rings = re.findall(r"ttg\\.local_alloc : \\(\\) -> !ttg\\.memdesc<(\\d+)x", compiled.asm["ttgir"])
+print(json.dumps([int(n) for n in rings]))
+"""
+
+
+@pytest.mark.parametrize("kind,stages", [("h", 2), ("dq", 3)])
+def test_attend_pipeline_buffers_match_the_stages(kind, stages):
+    # Offline compile for sm_90a (no GPU needed; in a process of its own, without the interpreter). Every
+    # shared-memory ring the pipeliner allocates must hold `stages` tiles: the forward's and dq's x tile feeds a
+    # wgmma and, before the fix, also the row sums in registers; it then got stages - 1 buffers, and the next
+    # step's copy overwrote it under the running wgmma (h changed from run to run on the H200; linear.md).
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _RINGS, kind, str(stages)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    if proc.returncode:
+        pytest.skip(f"offline sm_90a compile unavailable: {proc.stderr.strip()[-300:]}")
+    rings = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert rings and all(n == stages for n in rings), rings

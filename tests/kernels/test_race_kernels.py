@@ -89,3 +89,66 @@ def test_bad_shapes_are_rejected():
     q, k, v, w = inputs()
     with pytest.raises(ValueError, match="expected w"):
         race_attention(q, k, v, w[..., :8])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("shape,chunk,seg_chunks", [
+    pytest.param(dict(t=70, p=3, n_tables=3, d=32, dv=16), 16, 1, id="T70-P3L3-S32"),
+    pytest.param(dict(t=45, p=4, n_tables=3, dv=32), 16, 2, id="T45-P4L3-S64"),  # S >= 64: the _WIDE settings
+])
+def test_hash_in_the_scans_or_before_them(shape, chunk, seg_chunks, causal, fused, monkeypatch):
+    # the scans hash q and k themselves (FUSED_HASH) or read phi from `_race_hash`, at S < 64 and S >= 64
+    from kernels.race import chunk_fwd
+    monkeypatch.setattr(chunk_fwd, "FUSED_HASH", fused)
+    monkeypatch.setattr(chunk_fwd, "FUSED_HASH_WIDE", fused)
+    q, k, v, w = inputs(**shape)
+    leaves64 = [x.double().requires_grad_(True) for x in (q, k, v)]
+    golden = ref.race_attention(*leaves64, w.double(), causal=causal)
+    do = torch.randn_like(golden)
+    golden_grads = torch.autograd.grad(golden, leaves64, do)
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    out = race_attention(*leaves, w, causal=causal, chunk=chunk, seg_chunks=seg_chunks)
+    assert rel(out, golden) < 1e-5
+    for name, got, want in zip("qkv", torch.autograd.grad(out, leaves, do.float()), golden_grads):
+        assert rel(got, want) < 1e-5, name
+    with torch.no_grad():  # the direct path: no custom op, phi(q) and den not written
+        assert rel(race_attention(q, k, v, w, causal=causal, chunk=chunk, seg_chunks=seg_chunks), golden) < 1e-5
+
+
+def test_forward_without_autograd_skips_the_saved_tensors():
+    from kernels.race.chunk_fwd import race_fwd
+    q, k, v, w = inputs(t=50, p=3, n_tables=3)
+    o, den, state, phq, phk = race_fwd(q, k, v, w, chunk=16, seg_chunks=1, save=False)
+    assert den is None and state is None and phq is None and phk is None
+    saved = race_fwd(q, k, v, w, chunk=16, seg_chunks=1)
+    torch.testing.assert_close(o, saved[0], rtol=0, atol=0)
+    assert saved[2].shape == (2, 4, 17, 32)  # (B*H, segments, DV + 1, S): the inclusive prefix over segments
+
+
+@pytest.mark.parametrize("low", [True, False])
+def test_fp16_gradients_with_dphi_in_the_input_dtype(low, monkeypatch):
+    # DPHI_LOW: dL/dphi passes from the scans to the hash backward in the input dtype (fp16 here)
+    from kernels.race import chunk_bwd
+    monkeypatch.setattr(chunk_bwd, "DPHI_LOW", low)
+    q, k, v, w = inputs(t=70, p=3, n_tables=2, d=32, dv=32)
+    leaves64 = [x.half().double().requires_grad_(True) for x in (q, k, v)]
+    golden = ref.race_attention(*leaves64, w.double())
+    do = torch.randn_like(golden).half()
+    golden_grads = torch.autograd.grad(golden, leaves64, do.double())
+    leaves = [x.half().requires_grad_(True) for x in (q, k, v)]
+    out = race_attention(*leaves, w, chunk=16, seg_chunks=2)
+    assert rel(out, golden) < 1e-3  # measured 2.5e-4 (fp16 inputs and output)
+    for name, got, want in zip("qkv", torch.autograd.grad(out, leaves, do), golden_grads):
+        assert rel(got, want) < 1e-2, name  # measured 1.2e-3 - 1.6e-3, either way
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 3, 4), (3, 70, 33), (1, 1, 8)])
+def test_segment_prefix(shape):
+    # the prefixes over segments (dim 1): inclusive forward (the forward's state), exclusive reverse (the
+    # backward's), over more segments than one step of the kernel holds (70 > 32) and partial column blocks
+    from kernels.race.chunk_fwd import segment_prefix
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0), dtype=F64).float()
+    torch.testing.assert_close(segment_prefix(x.clone()), x.double().cumsum(1).float(), rtol=1e-5, atol=1e-5)
+    suffix = x.double().sum(1, keepdim=True) - x.double().cumsum(1)
+    torch.testing.assert_close(segment_prefix(x.clone(), reverse=True), suffix.float(), rtol=1e-5, atol=1e-5)
