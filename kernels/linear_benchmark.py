@@ -390,6 +390,8 @@ def _mlstm_apply(h, dq, dk, dv, scan, rscan):
      cf.SMALL_STATE_BLOCK_K, cf.SMALL_STATE_BLOCK_N, cf.SMALL_STATE_NUM_WARPS) = (
         scan["bk"], scan["bn"], scan["warps"], scan["stages"], scan["min_programs"], scan["small_bk"],
         scan["small_bn"], scan["small_warps"])
+    cf.SCAN_SPLIT_TARGET = scan.get("split_target", 0)
+    cf.SCAN_SPLIT_PASS1 = {k: scan[k] for k in SPLIT_PASS1_KEYS if k in scan}
 
 
 def _mlstm_compile_worker(jobs):
@@ -657,6 +659,155 @@ def group_mlstm_next(out):
     _mlstm_apply(*defaults)
 
 
+# The segment split of the state scans (run by name: --groups mlstm_split). chunk_fwd.SCAN_SPLIT_TARGET (with
+# SCAN_SPLIT_PASS1) and chunk_bwd.REV_SCAN["split_target"] (and its split_* keys), off by default: with fewer scan
+# programs than the target, S = target // programs segments. At T=65536 (B=1: 256 programs) and T=8192 (2048, the
+# control): each scan alone, then the op end to end (fwd, fwd+bwd), with the split off and on; every setting is
+# checked against the split-off run on the same inputs (states; h and the five gradients) and over three runs.
+# Without a GPU (TRITON_INTERPRET=1) the same code runs at tiny sizes (fp32, chunk 16), targets scaled to the
+# programs there, with wall-clock times: a dry run of the code paths, not a measurement.
+SPLIT_PASS1_KEYS = ("split_bk", "split_bn", "split_warps", "split_stages")
+MLSTM_SPLIT_SCANS = {  # per launch: (target, pass 1's settings)
+    65536: [(0, {}), (1024, {}), (2048, {}), (4096, {}), (2048, dict(split_stages=3)),
+            (2048, dict(split_bn=128, split_warps=8, split_stages=3))],
+    8192: [(0, {}), (4096, {})]}
+MLSTM_SPLIT_E2E = {65536: [(0, {}), (1024, {}), (2048, {}), (4096, {})], 8192: [(0, {}), (4096, {})]}
+
+
+def group_mlstm_split(out):
+    import torch
+    import triton
+    from kernels.mlstm import chunk_bwd as cb, chunk_fwd as cf, mlstm_chunkwise
+    gpu = torch.cuda.is_available()
+    saved = (cf.SCAN_SPLIT_TARGET, dict(cf.SCAN_SPLIT_PASS1), dict(cb.REV_SCAN))
+
+    def setting(fwd, rev):  # (target, pass 1's settings) of the forward scan and of the reverse scan
+        cf.SCAN_SPLIT_TARGET, cf.SCAN_SPLIT_PASS1 = fwd[0], dict(fwd[1])
+        cb.REV_SCAN.clear()
+        cb.REV_SCAN.update({k: v for k, v in saved[2].items() if k not in SPLIT_PASS1_KEYS}, split_target=rev[0],
+                           **rev[1])
+
+    def timed(fn, rep=60):
+        if gpu:
+            return bench(fn, rep=rep)
+        start = time.perf_counter()
+        fn()
+        return 1e3 * (time.perf_counter() - start)
+
+    def make(t, grad):
+        if gpu:
+            return mlstm_inputs(t, grad=grad)
+        b = 1 if t == 65536 else 2  # tiny: B 1 at "64K", 2 at "8K"
+        g = torch.Generator().manual_seed(t)
+        xs = [torch.randn(b, 2, 160, d, generator=g) for d in (16, 16, 32)]
+        xs += [torch.randn(b, 2, 160, generator=g), torch.randn(b, 2, 160, generator=g) + 3.0]
+        return [x.requires_grad_(grad) for x in xs]
+
+    op = mlstm_chunkwise if gpu else (lambda *a: mlstm_chunkwise(*a, chunk=16, tile=16))
+    lbl = lambda s: f"split {s[0] or 'off'}" + "".join(f" {k[6:]}{v}" for k, v in s[1].items())  # noqa: E731
+
+    def n_seg(s, xs, kind):
+        b, h, t, dqk = xs[0].shape
+        cfg = dict(cf.fwd_scan_config() if kind == "scan" else cb.REV_SCAN, split_target=s[0], **s[1])
+        return cf.scan_plan(b * h, dqk, xs[2].shape[-1], triton.cdiv(t, cf.CHUNK if gpu else 16), cfg)["n_seg"]
+
+    def scaled(s, xs):  # tiny: the same segments per program as on the GPU
+        if gpu or not s[0]:
+            return s
+        b, h, _, dqk = xs[0].shape
+        programs = cf.scan_plan(b * h, dqk, xs[2].shape[-1], 1, cf.fwd_scan_config())["programs"]
+        return (s[0] * programs // (256 if b == 1 else 2048), s[1])
+
+    try:
+        for t in (65536, 8192):
+            # each scan alone: record the op's launches (split off), re-run the scans under each setting
+            setting((0, {}), (0, {}))
+            xs = make(t, True)
+            calls = mlstm_record(t) if gpu else _split_record_cpu(op, xs)
+            base = {kind: calls[kind][0](*calls[kind][1], **calls[kind][2]) for kind in ("scan", "rscan")}
+            best = {}
+            for s in MLSTM_SPLIT_SCANS[t]:
+                s = scaled(s, xs)
+                for kind in ("scan", "rscan"):
+                    fn, a, kw = calls[kind]
+                    cfg = dict(kw.get("config") or cf.fwd_scan_config(), split_target=s[0], **s[1])
+                    p = cf.scan_plan(a[0].shape[0], a[0].shape[-1], a[1].shape[-1], a[3].shape[-1], cfg)
+                    name = f"mlstm {kind} {lbl(s)} (S={p['n_seg']}, {p['programs']} programs)"
+                    try:
+                        res = [fn(*a, **dict(kw, config=cfg)) for _ in range(3)]
+                        err = max(rel(x, y) for x, y in zip(res[0], base[kind]) if y is not None)
+                        diff = max(rel(x, y) for r in res[1:] for x, y in zip(r, res[0]) if y is not None)
+                        emit(out, table="check", what=f"{name} T={t}: vs split off (states, vec, final)", rel_err=err)
+                        emit(out, table="check", what=f"{name} T={t}: 3 runs, largest difference", rel_err=diff)
+                        res = None
+                        ms = timed(lambda: fn(*a, **dict(kw, config=cfg)), 25)
+                        emit(out, table="parts", impl=name, T=t, ms=ms)
+                        if err < 1e-3 and diff == 0 and ms < best.get(kind, (float("inf"),))[0]:
+                            best[kind] = (ms, s)
+                    except Exception as e:  # noqa: BLE001 - a failing setting is a result to report
+                        emit(out, table="parts", impl=name, T=t, ms=float("nan"), error=f"{type(e).__name__}: {e}"[:300])
+            calls = base = None
+            # end to end: the listed settings (both scans alike), then each scan's fastest correct setting above
+            runs_e2e = [(s, s) for s in (scaled(s, xs) for s in MLSTM_SPLIT_E2E[t])]
+            winners = tuple(best.get(kind, (0, (0, {})))[1] for kind in ("scan", "rscan"))
+            if winners not in runs_e2e:
+                runs_e2e.append(winners)
+            emit(out, table="parts", impl=f"mlstm split per-launch winners (fwd / rev) {json.dumps(winners)}", T=t,
+                 ms=0.0)
+            dh = torch.randn_like(op(*xs))
+            ref = lo = None
+            for fwd, rev in runs_e2e:
+                setting(fwd, rev)
+                name = (f"evo mlstm_chunkwise ({lbl(fwd)}" + ("" if rev == fwd else f" / rev {lbl(rev)}")
+                        + f": S={n_seg(fwd, xs, 'scan')} / {n_seg(rev, xs, 'rscan')})")
+                try:
+                    runs = []
+                    for _ in range(3):
+                        h = op(*xs)
+                        runs.append([h.detach()] + list(torch.autograd.grad(h, xs, dh)))
+                        h = None
+                    if ref is None:
+                        ref = runs[0]  # the first setting: split off
+                    emit(out, table="check", what=f"{name} T={t}: h, grads vs split off, largest",
+                         rel_err=max(rel(x, y) for x, y in zip(runs[0], ref)))
+                    emit(out, table="check", what=f"{name} T={t}: 3 runs, largest difference (h, grads)",
+                         rel_err=max(rel(x, y) for r in runs[1:] for x, y in zip(r, runs[0])))
+                    runs = None
+                    lo = [x.detach() for x in xs]
+                    emit(out, table="mlstm", impl=name, T=t, mode="fwd", ms=timed(lambda: op(*lo)),
+                         bound_ms=mlstm_bound_ms(t, "fwd"))
+                    ms = time_fwd_bwd(op, xs) if gpu else timed(lambda: torch.autograd.grad(op(*xs), xs, dh))
+                    emit(out, table="mlstm", impl=name, T=t, mode="fwd+bwd", ms=ms, bound_ms=mlstm_bound_ms(t, "fwd+bwd"))
+                except Exception as e:  # noqa: BLE001
+                    emit(out, table="mlstm", impl=name, T=t, mode="error", error=f"{type(e).__name__}: {e}"[:300])
+            xs = dh = ref = lo = None
+            if gpu:
+                torch.cuda.empty_cache()
+    finally:
+        cf.SCAN_SPLIT_TARGET, cf.SCAN_SPLIT_PASS1 = saved[0], saved[1]
+        cb.REV_SCAN.clear()
+        cb.REV_SCAN.update(saved[2])
+
+
+def _split_record_cpu(op, xs):
+    """mlstm_record's scan calls for the tiny CPU dry run (its own inputs and chunk)."""
+    import torch
+    from kernels.mlstm import chunk_bwd as cb, chunk_fwd as cf
+    calls, scan = {}, cf.state_scan
+
+    def rec_scan(*a, **kw):
+        calls["rscan" if kw.get("reverse") else "scan"] = (scan, a, kw)
+        return scan(*a, **kw)
+
+    cf.state_scan = cb.state_scan = rec_scan
+    try:
+        h = op(*xs)
+        torch.autograd.grad(h, xs, torch.randn_like(h))
+    finally:
+        cf.state_scan = cb.state_scan = scan
+    return calls
+
+
 def group_race_parts(out):
     # every launch of one forward (no grad: what the fwd rows time) and of one forward+backward, in order,
     # with its GPU time (torch.profiler; no L2 flush), at 4M and 256K
@@ -795,6 +946,112 @@ def group_race_sweep(out):
                 emit(out, table="check", what=f"sweep race grad d{name} T=4096 P={p} L={n_tables} dphi low {low}",
                      rel_err=rel(a, b))
     setup({}, now=True)
+
+
+
+RACE_WIDE_T = (1 << 18, 1 << 20, 1 << 22)  # race_wide: forward at these T, forward+backward at the last
+
+
+def group_race_wide(out):
+    # run by name: the S = 64 ((4,4)) forward variants of kernels/race/chunk_fwd.py (the *_WIDE settings) against the
+    # defaults, no grad, at 256K / 1M / 4M, each o against the defaults' o on the same inputs; then forward+backward
+    # at 4M for the defaults and for the variant fastest at 4M (o within 1e-2), its dq, dk, dv against the defaults'
+    import torch
+    from kernels.race import chunk_fwd as cf, race_causal
+    names = ("FUSED_HASH_WIDE", "FUSED_K_WIDE", "BLOCK_V_WIDE", "NUM_WARPS_WIDE", "STATE_TF32_WIDE",
+             "SCAN_TRANSPOSED_WIDE", "TARGET_PROGRAMS_WIDE")
+    defaults = {n: getattr(cf, n) for n in names}
+    k_sums = dict(FUSED_HASH_WIDE=False, FUSED_K_WIDE=True)
+    fused_t8 = dict(FUSED_HASH_WIDE=True, SCAN_TRANSPOSED_WIDE=True, NUM_WARPS_WIDE=8)
+    # registers / stack bytes of the output scan offline (Triton 3.9, sm_90a): default 255 / 40; tf32 254 / 0;
+    # transposed 255 / 72, at 8 warps 193 / 0; fused 255 / 80, tf32 255 / 8, transposed at 8 warps 254 / 0.
+    # 792 programs = 6 x 132: whole waves of one 8-warp program per SM (1024: 7.8 waves)
+    variants = [("default", {}), ("k hashed in sums", k_sums),
+                ("k in sums, tf32 state", k_sums | dict(STATE_TF32_WIDE=True)),
+                ("k in sums, transposed scan", k_sums | dict(SCAN_TRANSPOSED_WIDE=True)),
+                ("k in sums, transposed, 8 warps", k_sums | dict(SCAN_TRANSPOSED_WIDE=True, NUM_WARPS_WIDE=8)),
+                ("fused, tf32 state", dict(FUSED_HASH_WIDE=True, STATE_TF32_WIDE=True)),
+                ("fused, transposed, 8 warps", fused_t8),
+                ("fused, transposed, 8 warps, 792 programs", fused_t8 | dict(TARGET_PROGRAMS_WIDE=792))]
+    # not here: fused with BLOCK_V_WIDE 64 (238 / 0 offline), the 20:24 sweep's "BV 64" row at (4,4), 12.34 ms at 4M
+
+    def setup(changes):
+        for n, val in (defaults | changes).items():
+            setattr(cf, n, val)
+
+    def rel(a, b):  # in slices: at 4M a gradient is 4.3 GB in bf16, 17 GB in float64
+        num = den = 0.0
+        for x, y in zip(a.flatten().split(1 << 27), b.flatten().split(1 << 27)):
+            x, y = x.double(), y.double()
+            num, den = num + (x - y).square().sum().item(), den + y.square().sum().item()
+        return (num / den) ** 0.5
+
+    p, n_tables = 4, 4
+    # each variant's o at T=4096 against the fp32 chunked reference (as the check group does for the defaults)
+    from baselines import race as rref
+    q, k, v, w = race_inputs(4096, p, n_tables)
+    ref = rref.race_causal_chunked(q.float(), k.float(), v.float(), w)
+    for label, changes in variants:
+        setup(changes)
+        try:
+            with torch.no_grad():
+                emit(out, table="check", what=f"race_wide o vs fp32 reference, T=4096: {label}",
+                     rel_err=rel(race_causal(q, k, v, w), ref))
+        except Exception as e:  # noqa: BLE001
+            emit(out, table="check", what=f"race_wide o vs fp32 reference, T=4096: {label}", rel_err=float("nan"),
+                 error=f"{type(e).__name__}: {e}"[:300])
+    setup({})
+    q = k = v = ref = None
+    fwd_ms, worst = {}, {}
+    for t in RACE_WIDE_T:
+        xs = race_inputs(t, p, n_tables)
+        base = None
+        for label, changes in variants:
+            setup(changes)
+            try:
+                with torch.no_grad():
+                    o = race_causal(*xs)
+                    base = o if base is None else base
+                    err = rel(o, base)
+                    o = None
+                    ms = bench(lambda: race_causal(*xs))
+                worst[label] = max(worst.get(label, 0.0), err)
+                fwd_ms[label, t] = ms
+                emit(out, table="race", impl=f"wide fwd {label}", P=p, L=n_tables, T=t, mode="fwd", ms=ms,
+                     bound_ms=race_bound_ms(t, "fwd"), rel_err_vs_default=err)
+            except Exception as e:  # noqa: BLE001
+                emit(out, table="race", impl=f"wide fwd {label}", P=p, L=n_tables, T=t, mode="fwd",
+                     error=f"{type(e).__name__}: {e}"[:300])
+        setup({})
+        xs = base = None
+        torch.cuda.empty_cache()
+    for label, err in worst.items():
+        emit(out, table="check", what=f"race_wide o vs default, max over T: {label}", rel_err=err)
+    t = RACE_WIDE_T[-1]
+    ok = [label for label, _ in variants[1:] if (label, t) in fwd_ms and worst[label] < 1e-2]
+    best = min(ok, key=lambda label: fwd_ms[label, t]) if ok else None
+    grads = do = None
+    for label, changes in [variants[0]] + [v for v in variants if v[0] == best]:
+        setup(changes)
+        try:
+            xs = race_inputs(t, p, n_tables, grad=True)  # the same inputs and do for both
+            do = torch.randn_like(xs[2]) if do is None else do
+            mine = torch.autograd.grad(race_causal(*xs), xs[:3], do)
+            if grads is None:
+                grads = mine
+            else:
+                for name, a, b in zip("qkv", mine, grads):
+                    emit(out, table="check", what=f"race_wide d{name} vs default, T={t}: {label}", rel_err=rel(a, b))
+            mine = None
+            ms = bench(lambda: torch.autograd.grad(race_causal(*xs), xs[:3], do))
+            emit(out, table="race", impl=f"wide fwd+bwd {label}", P=p, L=n_tables, T=t, mode="fwd+bwd", ms=ms,
+                 bound_ms=race_bound_ms(t, "fwd+bwd"))
+        except Exception as e:  # noqa: BLE001
+            emit(out, table="race", impl=f"wide fwd+bwd {label}", P=p, L=n_tables, T=t, mode="fwd+bwd",
+                 error=f"{type(e).__name__}: {e}"[:300])
+        xs = None
+        torch.cuda.empty_cache()
+    setup({})
 
 
 # ---------------- correctness on the GPU ----------------

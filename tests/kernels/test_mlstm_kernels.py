@@ -105,6 +105,84 @@ def test_each_attend_takes_its_own_settings(monkeypatch, prefetch):
         assert rel(got, want) < 2e-5, name
 
 
+SPLIT_BASE = dict(bk=16, bn=16, warps=4, stages=2, prefetch=True, min_programs=0, small_bk=16, small_bn=16,
+                  small_warps=4)
+
+
+def test_scan_plan_segments():
+    from kernels.mlstm.chunk_fwd import scan_plan
+    cfg = dict(SPLIT_BASE, split_target=0)
+    assert scan_plan(2, 16, 32, 10, cfg)["n_seg"] == 1  # off
+    for target, n_seg, seg_len in ((4, 1, 10), (7, 1, 10), (8, 2, 5), (12, 3, 4), (16, 4, 3), (10 ** 6, 10, 1)):
+        plan = scan_plan(2, 16, 32, 10, dict(cfg, split_target=target))  # 1 x 2 blocks x 2 = 4 programs
+        assert plan["programs"] == 4 and (plan["n_seg"], plan["seg_len"]) == (n_seg, seg_len), (target, plan)
+        assert (plan["n_seg"] - 1) * plan["seg_len"] < 10 <= plan["n_seg"] * plan["seg_len"]  # none empty
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("prefetch", [False, True], ids=["in-place-loads", "prefetched-loads"])
+def test_split_scan_equals_unsplit(reverse, prefetch):
+    # the segment split (pass 1: segments' own finals; pass 2: the scan from each segment's carry) against the
+    # one-pass scan: T=77, chunk 8 (NC=10, the last chunk partly padding) in 2, 3, 4 (segments that do not divide
+    # the chunks: 4 + 4 + 2, 3 + 3 + 3 + 1) and 10 segments; coef (the backward's ds') in both orders; pass 1 with
+    # blocks of its own
+    from kernels.mlstm.chunk_fwd import gate_terms, scan_plan, state_scan
+    g = torch.Generator().manual_seed(3)
+    bh, t, kd, nd, chunk = 2, 77, 16, 32, 8
+    a, b = torch.randn(bh, t, kd, generator=g), torch.randn(bh, t, nd, generator=g)
+    gates = gate_terms(2 * torch.randn(bh, t, generator=g), torch.randn(bh, t, generator=g) + 2, chunk)
+    coef = torch.randn(bh, gates["row"].shape[-1], generator=g)
+    for use_coef in (False, True):
+        kw = dict(chunk=chunk, reverse=reverse, coef=coef if use_coef else None)
+        base = dict(SPLIT_BASE, prefetch=prefetch)
+        want = state_scan(a, b, gates["weight"], gates["decay"], config=base, **kw)
+        for target, extra in ((8, {}), (12, {}), (16, dict(split_bk=8, split_bn=32, split_stages=1)), (10 ** 6, {})):
+            cfg = dict(base, split_target=target, **extra)
+            assert scan_plan(bh, kd, nd, 10, cfg)["n_seg"] > 1
+            got = state_scan(a, b, gates["weight"], gates["decay"], config=cfg, **kw)
+            assert (got[2] is None) == reverse
+            for name, x, y in zip(("states", "vec", "final"), got, want):
+                if y is not None:
+                    assert x.shape == y.shape and rel(x, y.double()) < 1e-6, (name, target, use_coef)
+
+
+def test_split_scan_half_precision():
+    # fp16 inputs and states: the split's states within the states' rounding of the one-pass scan's
+    from kernels.mlstm.chunk_fwd import gate_terms, state_scan
+    g = torch.Generator().manual_seed(4)
+    bh, t, kd, nd, chunk = 2, 61, 16, 32, 8
+    a, b = (torch.randn(bh, t, d, generator=g).half() for d in (kd, nd))
+    gates = gate_terms(2 * torch.randn(bh, t, generator=g), torch.randn(bh, t, generator=g) + 2, chunk)
+    want = state_scan(a, b, gates["weight"], gates["decay"], chunk=chunk, config=SPLIT_BASE)
+    got = state_scan(a, b, gates["weight"], gates["decay"], chunk=chunk, config=dict(SPLIT_BASE, split_target=12))
+    assert got[0].dtype == torch.float16
+    for x, y in zip(got, want):
+        assert rel(x, y.double()) < 2e-3
+
+
+def test_split_scans_in_the_op_match_reference(monkeypatch):
+    # both scans split (forward C/n states and the final state; reverse scan with ds'): T=75, chunk 16 gives 5
+    # chunks, one scan program per (b, h) (blocks 16 x 32), target 6 of 2 programs: 3 segments of 2, 2, 1 chunks
+    from kernels.mlstm import chunk_bwd, chunk_fwd
+    xs = inputs(t=75)
+    monkeypatch.setattr(chunk_fwd, "SCAN_SPLIT_TARGET", 6)
+    monkeypatch.setattr(chunk_bwd, "REV_SCAN", dict(chunk_bwd.REV_SCAN, split_target=6))
+    plan = chunk_fwd.scan_plan(2, 16, 32, 5, chunk_fwd.fwd_scan_config())
+    assert (plan["n_seg"], plan["seg_len"]) == (3, 2)
+    leaves64 = [x.double().requires_grad_(True) for x in xs]
+    golden = ref.mlstm_parallel(*leaves64)
+    dh = torch.randn_like(golden)
+    golden_grads = torch.autograd.grad(golden, leaves64, dh)
+    _, golden_state = ref.mlstm_recurrent(*(x.double() for x in xs))
+    leaves = [x.clone().requires_grad_(True) for x in xs]
+    h, state = mlstm_chunkwise(*leaves, chunk=16, tile=16, return_state=True)
+    assert rel(h, golden) < 1e-5
+    for got, want in zip(state, golden_state):
+        assert rel(got, want) < 1e-5
+    for name, got, want in zip("qkvif", torch.autograd.grad(h, leaves, dh.float()), golden_grads):
+        assert rel(got, want) < 2e-5, name
+
+
 def test_step_matches_reference_and_continues_a_prefill():
     q, k, v, i, f = inputs(t=12)
     h_pre, state = mlstm_chunkwise(q[..., :11, :], k[..., :11, :], v[..., :11, :], i[..., :11], f[..., :11],
@@ -191,3 +269,49 @@ def test_attend_pipeline_buffers_match_the_stages(kind, stages):
         pytest.skip(f"offline sm_90a compile unavailable: {proc.stderr.strip()[-300:]}")
     rings = json.loads(proc.stdout.strip().splitlines()[-1])
     assert rings and all(n == stages for n in rings), rings
+
+
+_SPLIT_TTGIR = """
+import json, re, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from kernels.mlstm import chunk_fwd
+name, reverse = sys.argv[1], sys.argv[2] == "1"
+fn = getattr(chunk_fwd, name)
+constexprs = dict(KD=256, ND=512, CHUNK=128, BK=64, BN=64, REVERSE=reverse, HAS_COEF=reverse, PREFETCH=True,
+                  SPLIT=True)
+sig, consts, attrs = {}, {}, {}
+for idx, arg in enumerate(fn.arg_names):
+    if arg in constexprs:
+        sig[arg], consts[(idx,)] = "constexpr", constexprs[arg]
+    elif arg.endswith("_ptr"):
+        sig[arg], attrs[(idx,)] = ("*bf16" if arg in ("a_ptr", "b_ptr", "states_ptr") else "*fp32"), [["tt.divisibility", 16]]
+    else:
+        sig[arg], attrs[(idx,)] = "i32", [["tt.divisibility", 16]]
+compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=4, num_stages=2))
+print(json.dumps([int(n) for n in re.findall(r"warp_group_dot_wait .*pendings = (\\d+)", compiled.asm["ttgir"])]))
+"""
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("name", ["_chunk_state_segments", "_chunk_state_scan"])
+def test_split_scan_kernels_compile_for_sm90(name, reverse):
+    # Offline compile for sm_90a (own process, no interpreter) of the split's two kernels at the 7B shapes: the
+    # interpreter does not see Triton's front-end or pipeliner. Pass 1 must keep a wgmma in flight across steps
+    # (its weights on the register operand A): a wait with 1 pending in its loop.
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _SPLIT_TTGIR, name, str(int(reverse))], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert "CompilationError" not in proc.stderr, proc.stderr[-2000:]  # the kernel's own error: a failure
+    if proc.returncode:
+        pytest.skip(f"offline sm_90a compile unavailable: {proc.stderr.strip()[-300:]}")
+    waits = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert waits, "no wgmma in the compiled kernel"
+    if name == "_chunk_state_segments":
+        assert 1 in waits, waits

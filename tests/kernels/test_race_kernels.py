@@ -152,3 +152,66 @@ def test_segment_prefix(shape):
     torch.testing.assert_close(segment_prefix(x.clone()), x.double().cumsum(1).float(), rtol=1e-5, atol=1e-5)
     suffix = x.double().sum(1, keepdim=True) - x.double().cumsum(1)
     torch.testing.assert_close(segment_prefix(x.clone(), reverse=True), suffix.float(), rtol=1e-5, atol=1e-5)
+
+
+WIDE_VARIANTS = [  # the S >= 64 ((4,4)) forward variants of chunk_fwd (A/B: linear_benchmark's race_wide group)
+    pytest.param(dict(FUSED_K_WIDE=True), id="k-hashed-in-sums"),
+    pytest.param(dict(FUSED_K_WIDE=True, STATE_TF32_WIDE=True), id="k-in-sums-tf32"),
+    pytest.param(dict(FUSED_K_WIDE=True, NUM_WARPS_WIDE=8), id="k-in-sums-8-warps"),
+    pytest.param(dict(STATE_TF32_WIDE=True), id="unfused-tf32"),
+    pytest.param(dict(FUSED_HASH_WIDE=True, BLOCK_V_WIDE=16), id="fused-two-value-blocks"),  # DV 32: 2 blocks of 16
+    pytest.param(dict(FUSED_HASH_WIDE=True, STATE_TF32_WIDE=True), id="fused-tf32"),
+    pytest.param(dict(FUSED_K_WIDE=True, SCAN_TRANSPOSED_WIDE=True), id="k-in-sums-transposed"),
+    pytest.param(dict(SCAN_TRANSPOSED_WIDE=True, STATE_TF32_WIDE=True, BLOCK_V_WIDE=16),
+                 id="transposed-tf32-two-blocks"),
+    pytest.param(dict(FUSED_HASH_WIDE=True, SCAN_TRANSPOSED_WIDE=True, NUM_WARPS_WIDE=8),
+                 id="fused-transposed-8-warps"),
+    pytest.param(dict(FUSED_HASH_WIDE=True, SCAN_TRANSPOSED_WIDE=True, BLOCK_V_WIDE=16),
+                 id="fused-transposed-two-blocks"),
+]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("seg_chunks", [2, 4], ids=["two-segments", "one-segment"])  # T=45, chunk 16
+@pytest.mark.parametrize("variant", WIDE_VARIANTS)
+def test_wide_variants_match_reference(variant, seg_chunks, causal, monkeypatch):
+    # S = 64 (P=4, 3 tables padded to 4): forward and gradients, odd T, a partial last chunk, segment boundaries
+    # (or one causal segment, where the half-fused variant hashes k by `_race_hash`: no segment sums), and the
+    # no-grad path (no phi(q), den written); the settings apply at S >= 64 only, so S = 32 must not change
+    from kernels.race import chunk_fwd
+    for name, value in variant.items():
+        monkeypatch.setattr(chunk_fwd, name, value)
+    q, k, v, w = inputs(t=45, p=4, n_tables=3, dv=32)
+    leaves64 = [x.double().requires_grad_(True) for x in (q, k, v)]
+    golden = ref.race_attention(*leaves64, w.double(), causal=causal)
+    do = torch.randn_like(golden)
+    golden_grads = torch.autograd.grad(golden, leaves64, do)
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    out = race_attention(*leaves, w, causal=causal, chunk=16, seg_chunks=seg_chunks)
+    assert rel(out, golden) < 1e-5
+    for name, got, want in zip("qkv", torch.autograd.grad(out, leaves, do.float()), golden_grads):
+        assert rel(got, want) < 1e-5, name
+    with torch.no_grad():
+        assert rel(race_attention(q, k, v, w, causal=causal, chunk=16, seg_chunks=seg_chunks), golden) < 1e-5
+    q3, k3, v3, w3 = inputs(t=45, p=3, n_tables=3, dv=32)  # S = 32: the defaults, whatever the _WIDE settings
+    with torch.no_grad():
+        golden3 = ref.race_attention(q3.double(), k3.double(), v3.double(), w3.double(), causal=causal)
+        assert rel(race_attention(q3, k3, v3, w3, causal=causal, chunk=16, seg_chunks=seg_chunks), golden3) < 1e-5
+
+
+@pytest.mark.parametrize("variant", WIDE_VARIANTS)
+def test_wide_variants_fp16(variant, monkeypatch):
+    # fp16 inputs at S = 64, several segments: the same tolerances as the fp16 test above (o and gradients)
+    from kernels.race import chunk_fwd
+    for name, value in variant.items():
+        monkeypatch.setattr(chunk_fwd, name, value)
+    q, k, v, w = inputs(t=70, p=4, n_tables=4, d=32, dv=32)
+    leaves64 = [x.half().double().requires_grad_(True) for x in (q, k, v)]
+    golden = ref.race_attention(*leaves64, w.double())
+    do = torch.randn_like(golden).half()
+    golden_grads = torch.autograd.grad(golden, leaves64, do.double())
+    leaves = [x.half().requires_grad_(True) for x in (q, k, v)]
+    out = race_attention(*leaves, w, chunk=16, seg_chunks=2)
+    assert rel(out, golden) < 1e-3
+    for name, got, want in zip("qkv", torch.autograd.grad(out, leaves, do), golden_grads):
+        assert rel(got, want) < 1e-2, name
