@@ -29,10 +29,9 @@ DQ_ATTEND = dict(tile=64, bk=64, bn=256, warps=16, stages=3, maxnreg=None)  # dh
 DK_ATTEND = dict(tile=64, bk=64, bn=256, warps=16, stages=3, maxnreg=None, prefetch=True)  # v (512) -> dk (256)
 DV_ATTEND = dict(tile=64, bk=32, bn=512, warps=16, stages=4, maxnreg=None, prefetch=True)  # k (256) -> dv (512)
 # the reverse state scan (q, dh): blocks of the state, warps, stages, prefetch (chunk_fwd.STATE_PREFETCH); below
-# min_programs programs the small blocks; split_target: the segment split (chunk_fwd.SCAN_SPLIT_TARGET, 0: off;
-# optional split_bk, split_bn, split_warps, split_stages: its pass 1's, see chunk_fwd.scan_plan)
+# min_programs programs the small blocks
 REV_SCAN = dict(bk=64, bn=64, warps=4, stages=2, prefetch=True, min_programs=256, small_bk=64, small_bn=64,
-                small_warps=4, split_target=0)
+                small_warps=4)
 
 
 def mlstm_chunkwise_bwd(dh, q, k, v, i, f, h, c_states, n_states, den, s, chunk=None, tile=None):

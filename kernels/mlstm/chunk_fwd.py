@@ -9,9 +9,7 @@ Three steps, none of which waits on another program:
   2. `_chunk_state_scan`: the inter-chunk recurrence C_c = exp(decay_c) C_{c-1} + (k * w)^T v,
      parallel over (DQK/BK, DV/BN) tiles of the state (fp32 in registers); stores the state
      before every chunk in the inputs' dtype (bf16 at 7B: half the bytes, a bf16 tensor-core
-     dot in step 3). With few programs (long T, small batch) and SCAN_SPLIT_TARGET set, each program's chunks are
-     split into segments: `_chunk_state_segments` forms the segments' own final states, then the scan runs all
-     segments at once, each from the carry of those before it (a two-level scan; fla's `chunk_h_split` idea).
+     dot in step 3).
   3. `_chunk_attend`: every (tile of BR rows in a chunk, DV block) at once: intra-chunk attention
      over the chunk's earlier column tiles (TFLA-style tiling: chunks of 64..512 as tiles of
      BR x BC, so the score tile stays in registers) plus q . C_{c-1}, then the normalizer.
@@ -53,37 +51,17 @@ SCAN_MIN_PROGRAMS = 256  # tunable: 0, 132, 256, 512
 SMALL_STATE_BLOCK_K = 64  # tunable: 32, 64, 128
 SMALL_STATE_BLOCK_N = 64  # tunable: 32, 64, 128
 SMALL_STATE_NUM_WARPS = 4  # tunable: 4, 8
-# Segment split of the scan (issue 5): with fewer scan programs than this target (T=64K at B=1: 256), each
-# (head, state block)'s chunks are cut into S = target // programs segments (0: off): pass 1
-# (`_chunk_state_segments`) forms each segment's own final state from zero, pass 2 (`_chunk_state_scan`, SPLIT)
-# starts each segment from the carry of the segments before it and stores the states as the unsplit scan does.
-SCAN_SPLIT_TARGET = 0  # tunable: 0, 1024, 2048, 4096
-# pass 1's own blocks, warps, stages (optional keys split_bk, split_bn, split_warps, split_stages; absent: the scan's)
-SCAN_SPLIT_PASS1 = {}
 EPS = 1e-6
 
 
 @triton.jit
-def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, final_ptr, vec_ptr, seg_state_ptr,
-                      seg_vec_ptr, seg_decay_ptr, T, TP, NC, n_states, n_bh, n_seg, seg_len,
+def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, final_ptr, vec_ptr, T, TP, NC, n_states,
                       KD: tl.constexpr, ND: tl.constexpr, CHUNK: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
-                      REVERSE: tl.constexpr, HAS_COEF: tl.constexpr, PREFETCH: tl.constexpr, SPLIT: tl.constexpr):
+                      REVERSE: tl.constexpr, HAS_COEF: tl.constexpr, PREFETCH: tl.constexpr):
     """state <- exp(decay_c) state + (A_c * exp(wlog))^T B_c and vec <- exp(decay_c) vec + sum_j A_j exp(wlog_j) coef_j,
     over chunks in order (or reversed); states[c] (in the states' dtype) is the state before chunk c is
-    absorbed; in forward order the final state goes to `final` (fp32) and vec[NC] is the final vec.
-    SPLIT: program_id(2) = segment * n_bh + bh; the program walks only the steps (in scan order) of its segment,
-    [seg * seg_len, (seg + 1) * seg_len), starting from the carry of the segments before it, formed here from their
-    own final states and total log decays (`_chunk_state_segments`, n_seg - 1 of them per bh, fp32)."""
-    pk, pn = tl.program_id(0), tl.program_id(1)
-    if SPLIT:  # segment-major: the later segments, which fold more carries in, start last
-        seg = tl.program_id(2) // n_bh
-        bh = (tl.program_id(2) % n_bh).to(tl.int64)
-        lo = seg * seg_len
-        hi = tl.minimum(lo + seg_len, NC)
-    else:
-        bh = tl.program_id(2).to(tl.int64)
-        lo = 0
-        hi = NC
+    absorbed; in forward order the final state goes to `final` (fp32) and vec[NC] is the final vec."""
+    pk, pn, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     rk = pk * BK + tl.arange(0, BK)
     rn = pn * BN + tl.arange(0, BN)
     a_ptr += bh * T * KD
@@ -95,21 +73,12 @@ def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, f
     vec_ptr += bh * n_states * KD
     state = tl.zeros((BK, BN), tl.float32)
     vec = tl.zeros((BK,), tl.float32)
-    if SPLIT:  # carry-in = sum over earlier segments j of exp(decay of the segments between) * final_j
-        seg_state_ptr += bh * (n_seg - 1) * KD * ND
-        seg_vec_ptr += bh * (n_seg - 1) * KD
-        seg_decay_ptr += bh * (n_seg - 1)
-        for j in range(seg):
-            seg_decay = tl.exp(tl.load(seg_decay_ptr + j))
-            state = seg_decay * state + tl.load(seg_state_ptr + j * KD * ND + rk[:, None] * ND + rn[None, :])
-            if pn == 0:
-                vec = seg_decay * vec + tl.load(seg_vec_ptr + j * KD + rk)
     if PREFETCH:  # the next chunk's decay (and coef) loaded one step ahead: they are not in Triton's pipeline
-        c_first = NC - 1 - lo if REVERSE else lo
+        c_first = NC - 1 if REVERSE else 0
         decay_next = tl.load(decay_ptr + c_first)
         if HAS_COEF:
             coef_next = tl.load(coef_ptr + c_first * CHUNK + tl.arange(0, CHUNK))
-    for step in range(lo, hi):
+    for step in range(NC):
         c = NC - 1 - step if REVERSE else step
         if PREFETCH:
             log_decay = decay_next
@@ -138,80 +107,9 @@ def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, f
                 w = w * coef
             vec = decay * vec + tl.sum(a_t.to(tl.float32) * w[None, :], axis=1)
     if not REVERSE:
-        if SPLIT:
-            if seg == n_seg - 1:  # the last segment ends the sequence
-                tl.store(final_ptr + bh * KD * ND + rk[:, None] * ND + rn[None, :], state)
-                if pn == 0:
-                    tl.store(vec_ptr + NC * KD + rk, vec)
-        else:
-            tl.store(final_ptr + bh * KD * ND + rk[:, None] * ND + rn[None, :], state)
-            if pn == 0:
-                tl.store(vec_ptr + NC * KD + rk, vec)
-
-
-@triton.jit
-def _chunk_state_segments(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, seg_state_ptr, seg_vec_ptr, seg_decay_ptr, T,
-                          TP, NC, n_bh, n_seg, seg_len, KD: tl.constexpr, ND: tl.constexpr, CHUNK: tl.constexpr,
-                          BK: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr, HAS_COEF: tl.constexpr,
-                          PREFETCH: tl.constexpr):
-    """Pass 1 of the split scan, one program per (block, bh, segment) of the first n_seg - 1 segments (in scan
-    order; program_id(2) = segment * n_bh + bh): the segment's final state from a zero state,
-    F = sum_c exp(sum of the decays of the segment's chunks after c in scan order) (A_c * exp(wlog))^T B_c, its vec
-    alike, and its total log decay, all fp32. The chunks are visited against scan order, so the running sum of the
-    decays seen is the exponent itself (<= 0): no scaling of the state between steps, the dots accumulate like a
-    matmul's."""
-    pk, pn = tl.program_id(0), tl.program_id(1)
-    seg = tl.program_id(2) // n_bh
-    bh = (tl.program_id(2) % n_bh).to(tl.int64)
-    rk = pk * BK + tl.arange(0, BK)
-    rn = pn * BN + tl.arange(0, BN)
-    a_ptr += bh * T * KD
-    b_ptr += bh * T * ND
-    wlog_ptr += bh * TP
-    coef_ptr += bh * TP
-    decay_ptr += bh * NC
-    lo = seg * seg_len
-    hi = tl.minimum(lo + seg_len, NC)
-    acc = tl.zeros((BK, BN), tl.float32)
-    vec = tl.zeros((BK,), tl.float32)
-    after = tl.sum(tl.zeros((1,), tl.float32), axis=0)  # log decay of the chunks visited (later in scan order)
-    if PREFETCH:
-        c_first = NC - hi if REVERSE else hi - 1
-        decay_next = tl.load(decay_ptr + c_first)
-        if HAS_COEF:
-            coef_next = tl.load(coef_ptr + c_first * CHUNK + tl.arange(0, CHUNK))
-    for i in range(lo, hi):
-        c = NC - hi + (i - lo) if REVERSE else hi - 1 - (i - lo)  # against scan order
-        if PREFETCH:
-            log_decay = decay_next
-            c_next = tl.minimum(c + 1, NC - 1) if REVERSE else tl.maximum(c - 1, 0)
-            decay_next = tl.load(decay_ptr + c_next)
-            if HAS_COEF:
-                coef = coef_next
-                coef_next = tl.load(coef_ptr + c_next * CHUNK + tl.arange(0, CHUNK))
-        else:
-            log_decay = tl.load(decay_ptr + c)
-            if HAS_COEF:
-                coef = tl.load(coef_ptr + c * CHUNK + tl.arange(0, CHUNK))
-        rows = c * CHUNK + tl.arange(0, CHUNK)
-        valid = rows < T
-        a_t = tl.load(a_ptr + rk[:, None] + rows[None, :] * KD, mask=valid[None, :], other=0.0)
-        b = tl.load(b_ptr + rows[:, None] * ND + rn[None, :], mask=valid[:, None], other=0.0)
-        w = tl.exp(tl.load(wlog_ptr + rows) + after)
-        # the weights on A (a register operand of the wgmma), B straight from its shared-memory ring: Triton then
-        # keeps one wgmma in flight (wait 1; with the weights on B, as in the scan, it waits for each: sm_90a TTGIR)
-        acc = tl.dot((a_t.to(tl.float32) * w[None, :]).to(a_t.dtype), b, acc)
+        tl.store(final_ptr + bh * KD * ND + rk[:, None] * ND + rn[None, :], state)
         if pn == 0:
-            if HAS_COEF:
-                w = w * coef
-            vec += tl.sum(a_t.to(tl.float32) * w[None, :], axis=1)
-        after += log_decay
-    out = bh * (n_seg - 1) + seg
-    tl.store(seg_state_ptr + out * KD * ND + rk[:, None] * ND + rn[None, :], acc)
-    if pn == 0:
-        tl.store(seg_vec_ptr + out * KD + rk, vec)
-        if pk == 0:
-            tl.store(seg_decay_ptr + out, after)
+            tl.store(vec_ptr + NC * KD + rk, vec)
 
 
 @triton.jit
@@ -486,27 +384,7 @@ def fwd_attend_config():
 def fwd_scan_config():
     return dict(bk=STATE_BLOCK_K, bn=STATE_BLOCK_N, warps=STATE_NUM_WARPS, stages=STATE_NUM_STAGES,
                 prefetch=STATE_PREFETCH, min_programs=SCAN_MIN_PROGRAMS, small_bk=SMALL_STATE_BLOCK_K,
-                small_bn=SMALL_STATE_BLOCK_N, small_warps=SMALL_STATE_NUM_WARPS, split_target=SCAN_SPLIT_TARGET,
-                **SCAN_SPLIT_PASS1)
-
-
-def scan_plan(bh, kd, nd, nc, config=None):
-    """How `state_scan` runs under `config` (default: the forward's): the state blocks and warps, and the segment
-    split: n_seg segments of seg_len chunks (n_seg 1: no split). With split_target > 0 and fewer programs than it,
-    S = split_target // programs segments (at most one per chunk; S rounded so that none is empty). Pass 1's blocks,
-    warps and stages: split_bk, split_bn, split_warps, split_stages (optional; default: the scan's)."""
-    cfg = config or fwd_scan_config()
-    block_k, block_n, warps = min(cfg["bk"], kd), min(cfg["bn"], nd), cfg["warps"]
-    if triton.cdiv(kd, block_k) * triton.cdiv(nd, block_n) * bh < cfg["min_programs"]:
-        block_k, block_n, warps = min(cfg["small_bk"], kd), min(cfg["small_bn"], nd), cfg["small_warps"]
-    programs = triton.cdiv(kd, block_k) * triton.cdiv(nd, block_n) * bh
-    target = cfg.get("split_target") or 0
-    n_seg = min(nc, target // programs) if target > programs else 1
-    seg_len = triton.cdiv(nc, max(n_seg, 1))
-    n_seg = triton.cdiv(nc, seg_len) if n_seg > 1 else 1
-    return dict(bk=block_k, bn=block_n, warps=warps, programs=programs, n_seg=n_seg, seg_len=seg_len,
-                split_bk=min(cfg.get("split_bk") or block_k, kd), split_bn=min(cfg.get("split_bn") or block_n, nd),
-                split_warps=cfg.get("split_warps") or warps, split_stages=cfg.get("split_stages") or cfg["stages"])
+                small_bn=SMALL_STATE_BLOCK_N, small_warps=SMALL_STATE_NUM_WARPS)
 
 
 def attend(x, y, z, state, vec, rg, cg, rs, *, chunk, scale, config=None, tile=None, state_t=False, reverse=False,
@@ -554,8 +432,7 @@ def attend(x, y, z, state, vec, rg, cg, rs, *, chunk, scale, config=None, tile=N
 def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None, config=None):
     """Launch `_chunk_state_scan`: states (BH, NC, KD, ND) in a's dtype, vec (BH, NC (+1 forward), KD) fp32,
     and in forward order the final state (BH, KD, ND) fp32 (else None). `config`: bk, bn, warps, stages,
-    prefetch (optional), min_programs, small_bk, small_bn, small_warps, and the segment split (optional):
-    split_target, split_bk, split_bn, split_warps, split_stages (see `scan_plan`) (default: the forward's)."""
+    prefetch (optional), min_programs, small_bk, small_bn, small_warps (default: the forward's)."""
     cfg = config or fwd_scan_config()
     bh, t, kd = a.shape
     nd = b.shape[-1]
@@ -564,25 +441,15 @@ def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None, config=Non
     states = torch.empty(bh, nc, kd, nd, device=a.device, dtype=a.dtype)
     final = None if reverse else torch.empty(bh, kd, nd, device=a.device, dtype=torch.float32)
     vec = torch.empty(bh, n_states, kd, device=a.device, dtype=torch.float32)
-    plan = scan_plan(bh, kd, nd, nc, cfg)
-    block_k, block_n, n_seg, seg_len = plan["bk"], plan["bn"], plan["n_seg"], plan["seg_len"]
-    coef_arg = coef if coef is not None else wlog
-    flags = dict(KD=kd, ND=nd, CHUNK=chunk, REVERSE=reverse, HAS_COEF=coef is not None,
-                 PREFETCH=bool(cfg.get("prefetch")))
-    seg_state = seg_vec = seg_decay = vec  # unused without the split
-    if n_seg > 1:  # pass 1: each segment's own final state, but the last one's (nobody's carry)
-        f32 = dict(device=a.device, dtype=torch.float32)
-        seg_state = torch.empty(bh, n_seg - 1, kd, nd, **f32)
-        seg_vec = torch.empty(bh, n_seg - 1, kd, **f32)
-        seg_decay = torch.empty(bh, n_seg - 1, **f32)
-        sk, sn = plan["split_bk"], plan["split_bn"]
-        _chunk_state_segments[(triton.cdiv(kd, sk), triton.cdiv(nd, sn), (n_seg - 1) * bh)](
-            a, b, wlog, decay, coef_arg, seg_state, seg_vec, seg_decay, t, wlog.shape[-1], nc, bh, n_seg, seg_len,
-            BK=sk, BN=sn, num_warps=plan["split_warps"], num_stages=plan["split_stages"], **flags)
-    grid = (triton.cdiv(kd, block_k), triton.cdiv(nd, block_n), n_seg * bh)
-    _chunk_state_scan[grid](a, b, wlog, decay, coef_arg, states, states if final is None else final, vec, seg_state,
-                            seg_vec, seg_decay, t, wlog.shape[-1], nc, n_states, bh, n_seg, seg_len, BK=block_k,
-                            BN=block_n, SPLIT=n_seg > 1, num_warps=plan["warps"], num_stages=cfg["stages"], **flags)
+    block_k, block_n, warps = min(cfg["bk"], kd), min(cfg["bn"], nd), cfg["warps"]
+    if triton.cdiv(kd, block_k) * triton.cdiv(nd, block_n) * bh < cfg["min_programs"]:
+        block_k, block_n, warps = min(cfg["small_bk"], kd), min(cfg["small_bn"], nd), cfg["small_warps"]
+    grid = (triton.cdiv(kd, block_k), triton.cdiv(nd, block_n), bh)
+    _chunk_state_scan[grid](a, b, wlog, decay, coef if coef is not None else wlog, states,
+                            states if final is None else final, vec, t, wlog.shape[-1],
+                            nc, n_states, KD=kd, ND=nd, CHUNK=chunk, BK=block_k, BN=block_n, REVERSE=reverse,
+                            HAS_COEF=coef is not None, PREFETCH=bool(cfg.get("prefetch")), num_warps=warps,
+                            num_stages=cfg["stages"])
     return states, vec, final
 
 

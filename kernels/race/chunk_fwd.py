@@ -18,10 +18,7 @@ with a fixed +-1 / 0 matrix HM: two small products per chunk of rows (`_hash_log
      need it): o = (mask(phi(q) phi(k)^T) v + phi(q) B) / (rowsum(mask(phi(q) phi(k)^T)) + phi(q) . A).
 So the forward reads q, k once, v twice, and moves phi(k) twice: 5.5 tensor passes at (3,3) where the
 bound counts 4. At S >= 64 buckets ((4,4)) the output scan with the hash inside spills and measured
-slower, so there (`FUSED_HASH_WIDE`) `_race_hash` writes phi(q) and phi(k) first and the scans read them;
-`FUSED_K_WIDE`, `BLOCK_V_WIDE`, `NUM_WARPS_WIDE`, `STATE_TF32_WIDE` and `SCAN_TRANSPOSED_WIDE` are the S >= 64
-variants under test (k hashed in the segment sums alone; the scan's value block, warps, its inter-chunk product in
-tf32, and the scan transposed).
+slower, so there (`FUSED_HASH_WIDE`) `_race_hash` writes phi(q) and phi(k) first and the scans read them.
 Every product's M side (rows of its output) is a chunk or DV, at least 64, the M of one Hopper
 wgmma tile (S is 32 or 64 and would not be); the fp32 states meet bf16 data in two bf16 products
 (state = hi + lo), which keeps about 16 bits of the state.
@@ -48,20 +45,6 @@ FUSED_HASH = True  # phi(k) computed in the segment sums, phi(q) in the output s
 # (docs/benchmarks/linear.md): there the hash runs first, and the scans keep 1024 programs
 FUSED_HASH_WIDE = False
 TARGET_PROGRAMS_WIDE = 1024
-# S >= 64 variants (A/B in linear_benchmark's `race_wide` group; defaults = the 21:06 code):
-# FUSED_K_WIDE: with FUSED_HASH_WIDE False, k is still hashed inside the segment sums (which write phi(k)), q by
-# `_race_hash` first: one pass over phi(k) less (2.15 GB at 4M). Offline (sm_90a): the sums 170 registers, no spill.
-FUSED_K_WIDE = False  # tunable: False, True
-BLOCK_V_WIDE = 128  # tunable: 64, 128 (the output scan's value block at S >= 64; 64 + fused hash: 238 / 0 offline)
-NUM_WARPS_WIDE = 4  # tunable: 4, 8 (the output scan at S >= 64; 8 unfused: 215 / 0 offline, 4: 255 / 40)
-# the output scan's inter-chunk product phi(q) B^T as one tf32 product on the fp32 state (about 11 bits of it, o is
-# bf16) instead of two bf16 ones (hi + lo, about 16 bits): offline 254 / 0 unfused (255 / 40 now), 255 / 8 fused
-STATE_TF32_WIDE = False  # tunable: False, True
-# the output scan transposed at S >= 64 (`_race_fwd_chunks`' TRANS): the state is the A side of its product with phi(q),
-# from registers, instead of going to shared memory (as hi and lo, 32 KB) every chunk; the masked phi(k) phi(q)^T
-# (8 KB) goes there instead. Offline: 255 / 72 at 4 warps, 193 / 0 at 8 (the state's 128 rows split over the two
-# warpgroups); with the hash inside, 254 / 0 at 8 warps (255 / 64 writing phi(q), den)
-SCAN_TRANSPOSED_WIDE = False  # tunable: False, True
 
 
 @triton.jit
@@ -218,12 +201,9 @@ def _race_fwd_chunks(x_ptr, w_ptr, hm_ptr, phq_ptr, phk_ptr, v_ptr, state_ptr, o
                      beta, D: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, S: tl.constexpr,
                      CHUNK: tl.constexpr, P: tl.constexpr, L: tl.constexpr, P_PAD: tl.constexpr,
                      L_PAD: tl.constexpr, R: tl.constexpr, CAUSAL: tl.constexpr, HASH: tl.constexpr,
-                     SAVE: tl.constexpr, TF32: tl.constexpr = False, TRANS: tl.constexpr = False):
+                     SAVE: tl.constexpr):
     """With HASH, x is q: phi(q) is computed here (and written to phq_ptr, with den, if SAVE, by
-    the first value block); without, phq_ptr holds it already. With TF32, phi(q) B^T is one tf32
-    product on the fp32 state rather than two bf16 ones (`_dot_hl`). With TRANS, every product is
-    transposed (o^T = B phi(q)^T + v^T mask(phi(k) phi(q)^T)): the state is then the A side, read
-    from registers, where untransposed it is stored to shared memory every chunk as the B side."""
+    the first value block); without, phq_ptr holds it already."""
     # program (value block, segment, batch*head): the value blocks of a segment run side by side,
     # so all but the first read its q (or phi) from L2
     vb, seg, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
@@ -240,7 +220,6 @@ def _race_fwd_chunks(x_ptr, w_ptr, hm_ptr, phq_ptr, phk_ptr, v_ptr, state_ptr, o
     # (phi(k) v^T)^T and phi(k) before the segment
     sums, counts = _load_start(state_ptr, bh, seg, n_seg, cv, cs, DV, S, CAUSAL)
     causal = tl.arange(0, CHUNK)[:, None] >= tl.arange(0, CHUNK)[None, :]
-    later = tl.arange(0, CHUNK)[:, None] <= tl.arange(0, CHUNK)[None, :]  # TRANS: row j (key), column t >= j
     for start in range(seg * seg_len, tl.minimum(T, (seg + 1) * seg_len), CHUNK):
         rows = start + tl.arange(0, CHUNK)
         valid = rows < T
@@ -251,44 +230,21 @@ def _race_fwd_chunks(x_ptr, w_ptr, hm_ptr, phq_ptr, phk_ptr, v_ptr, state_ptr, o
                     tl.store(phq_ptr + rows[:, None] * S + cs[None, :], phq, mask=valid[:, None])
         else:
             phq = tl.load(phq_ptr + rows[:, None] * S + cs[None, :], mask=valid[:, None], other=0.0)
-        if TRANS:
-            if TF32:
-                num_t = tl.dot(sums, tl.trans(phq.to(tl.float32)), input_precision="tf32")
-            else:
-                num_t = _dot_lh(sums, tl.trans(phq))  # (BV, CHUNK)
-            den = tl.sum(phq.to(tl.float32) * counts[None, :], axis=1)
-            if CAUSAL:
-                phk = tl.load(phk_ptr + rows[:, None] * S + cs[None, :], mask=valid[:, None], other=0.0)
-                v = tl.load(v_ptr + rows[:, None] * DV + cv[None, :], mask=valid[:, None], other=0.0)
-                a_t = tl.where(later, tl.dot(phk, tl.trans(phq)), 0.0)  # a_tj at (j, t)
-                num_t += tl.dot(tl.trans(v), a_t.to(v.dtype))
-                den += tl.sum(a_t, axis=0)
-                sums += tl.dot(tl.trans(v), phk)
-                counts += tl.sum(phk.to(tl.float32), axis=0)
-            tl.store(o_ptr + rows[None, :] * DV + cv[:, None], (num_t / den[None, :]).to(o_ptr.dtype.element_ty),
-                     mask=valid[None, :])
-            if SAVE:
-                if vb == 0:
-                    tl.store(den_ptr + rows, den, mask=valid)
-        else:
-            if TF32:
-                num = tl.dot(phq.to(tl.float32), tl.trans(sums), input_precision="tf32")
-            else:
-                num = _dot_hl(phq, tl.trans(sums))
-            den = tl.sum(phq.to(tl.float32) * counts[None, :], axis=1)
-            if CAUSAL:  # the chunk's own keys; without CAUSAL, sums/counts already hold every key
-                phk = tl.load(phk_ptr + rows[:, None] * S + cs[None, :], mask=valid[:, None], other=0.0)
-                v = tl.load(v_ptr + rows[:, None] * DV + cv[None, :], mask=valid[:, None], other=0.0)
-                a = tl.where(causal, tl.dot(phq, tl.trans(phk)), 0.0)
-                num += tl.dot(a.to(v.dtype), v)
-                den += tl.sum(a, axis=1)
-                sums += tl.dot(tl.trans(v), phk)
-                counts += tl.sum(phk.to(tl.float32), axis=0)
-            tl.store(o_ptr + rows[:, None] * DV + cv[None, :], (num / den[:, None]).to(o_ptr.dtype.element_ty),
-                     mask=valid[:, None])
-            if SAVE:
-                if vb == 0:
-                    tl.store(den_ptr + rows, den, mask=valid)
+        num = _dot_hl(phq, tl.trans(sums))
+        den = tl.sum(phq.to(tl.float32) * counts[None, :], axis=1)
+        if CAUSAL:  # the chunk's own keys; without CAUSAL, sums/counts already hold every key
+            phk = tl.load(phk_ptr + rows[:, None] * S + cs[None, :], mask=valid[:, None], other=0.0)
+            v = tl.load(v_ptr + rows[:, None] * DV + cv[None, :], mask=valid[:, None], other=0.0)
+            a = tl.where(causal, tl.dot(phq, tl.trans(phk)), 0.0)
+            num += tl.dot(a.to(v.dtype), v)
+            den += tl.sum(a, axis=1)
+            sums += tl.dot(tl.trans(v), phk)
+            counts += tl.sum(phk.to(tl.float32), axis=0)
+        tl.store(o_ptr + rows[:, None] * DV + cv[None, :], (num / den[:, None]).to(o_ptr.dtype.element_ty),
+                 mask=valid[:, None])
+        if SAVE:
+            if vb == 0:
+                tl.store(den_ptr + rows, den, mask=valid)
 
 
 @functools.lru_cache(maxsize=64)
@@ -338,12 +294,6 @@ def fused_hash(s: int) -> bool:
     return FUSED_HASH_WIDE if s >= 64 else FUSED_HASH
 
 
-def sums_hash_k(s: int) -> bool:
-    """Whether the segment sums hash k (and write phi(k)) at S buckets: with the fused hash, or at S >= 64
-    with FUSED_K_WIDE (q then hashed by `_race_hash` first)."""
-    return fused_hash(s) or (s >= 64 and FUSED_K_WIDE)
-
-
 def segment_length(t: int, bh: int, chunk: int, seg_chunks: int = 0, s: int = 32) -> int:
     """Tokens per segment: enough segments that B*H*segments ~ TARGET_PROGRAMS (TARGET_PROGRAMS_WIDE at
     S >= 64 buckets), whole chunks each."""
@@ -387,35 +337,26 @@ def race_fwd(q, k, v, w, beta=None, chunk=None, seg_chunks=0, causal=True, save=
     s = consts["L_PAD"] * consts["R"]
     seg_len = segment_length(t, b * h, chunk, seg_chunks, s)
     n_seg = triton.cdiv(t, seg_len)
-    fused, wide = fused_hash(s), s >= 64
+    fused = fused_hash(s)
     state = torch.empty(b * h, n_seg, dv + 1, s, device=q.device, dtype=torch.float32)
     launch = dict(D=d, DV=dv, S=s, CHUNK=chunk, **consts, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-    sums_launch = launch | dict(num_warps=SUMS_WARPS)
     if fused:
         phk = k.new_empty(b, h, t, s)
         phq = q.new_empty(b, h, t, s) if save else phk
         _race_segment_sums[(n_seg, b * h)](k, w32, hm, phk, v, state, t, seg_len, n_seg, beta, HASH=True,
-                                           **sums_launch)
+                                           **(launch | dict(num_warps=SUMS_WARPS)))
     else:
-        phq = soft_hash(q, w32, hm, consts, beta)
-        if sums_hash_k(s) and (n_seg > 1 or not causal):  # k hashed in the sums (one causal segment: no sums)
-            phk = k.new_empty(b, h, t, s)
-            _race_segment_sums[(n_seg, b * h)](k, w32, hm, phk, v, state, t, seg_len, n_seg, beta, HASH=True,
-                                               **sums_launch)
-        else:
-            phk = soft_hash(k, w32, hm, consts, beta)
-            if n_seg > 1 or not causal:
-                _race_segment_sums[(n_seg, b * h)](k, w32, hm, phk, v, state, t, seg_len, n_seg, beta, HASH=False,
-                                                   **launch)
+        phq, phk = soft_hash(q, w32, hm, consts, beta), soft_hash(k, w32, hm, consts, beta)
+        if n_seg > 1 or not causal:
+            _race_segment_sums[(n_seg, b * h)](k, w32, hm, phk, v, state, t, seg_len, n_seg, beta, HASH=False,
+                                               **launch)
     if n_seg > 1:  # else the one segment starts from zero (causal) or reads its own sums (not)
         segment_prefix(state)
     o = torch.empty_like(v)
     den = torch.empty(b, h, t, device=q.device, dtype=torch.float32) if save else o
-    bv = min(BLOCK_V_WIDE if wide else BLOCK_V, dv)
-    scan = launch | dict(num_warps=NUM_WARPS_WIDE if wide else NUM_WARPS)
+    bv = min(BLOCK_V, dv)
     _race_fwd_chunks[(dv // bv, n_seg, b * h)](q, w32, hm, phq, phk, v, state, o, den, t, seg_len, n_seg, beta, BV=bv,
-                                               CAUSAL=causal, HASH=fused, SAVE=save, TF32=wide and STATE_TF32_WIDE,
-                                               TRANS=wide and SCAN_TRANSPOSED_WIDE, **scan)
+                                               CAUSAL=causal, HASH=fused, SAVE=save, **launch)
     return (o, den, state, phq, phk) if save else (o, None, None, None, None)
 
 
