@@ -288,45 +288,6 @@ def group_mlstm_parts(out):
         torch.cuda.empty_cache()
 
 
-# The mLSTM sweep (run by name: --groups mlstm_sweep): every launch of one forward+backward is recorded at
-# T=8192 (and the scans at T=65536, B=1, where they take the small blocks), then each is re-run alone under
-# the settings below (do_bench median, L2 flushed) and compared with the default's output; the fastest
-# correct setting of each launch is then timed end to end. Compiles run first in parallel worker processes.
-MLSTM_SWEEP_ATTEND = {  # (tile, bk, bn, warps, stages, maxnreg); the first of each: the defaults of 20:25
-    "h": [(64, 64, 256, 8, 2, 128), (64, 64, 256, 16, 2, None), (64, 64, 256, 16, 3, None),
-          (64, 128, 256, 16, 2, None), (64, 64, 512, 16, 2, None), (64, 64, 512, 16, 1, None),
-          (64, 32, 512, 16, 2, None), (64, 32, 256, 8, 2, 128), (64, 64, 128, 8, 2, None),
-          (64, 64, 256, 8, 3, 128), (128, 64, 256, 16, 2, None), (64, 64, 128, 4, 2, 168)],
-    "dq": [(64, 64, 256, 8, 2, 128), (64, 64, 256, 16, 2, None), (64, 64, 256, 16, 3, None),
-           (64, 128, 256, 16, 2, None), (64, 32, 256, 8, 2, 128), (64, 64, 256, 8, 3, 128),
-           (128, 64, 256, 16, 2, None), (64, 128, 256, 16, 1, None)],
-    "dk": [(64, 64, 256, 8, 2, 128), (64, 64, 256, 16, 2, None), (64, 64, 256, 16, 3, None),
-           (64, 128, 256, 16, 2, None), (64, 32, 256, 8, 2, 128), (64, 64, 256, 8, 3, 128),
-           (128, 64, 256, 16, 2, None), (64, 128, 256, 16, 1, None)],
-    "dv": [(64, 64, 256, 8, 2, 128), (64, 64, 256, 16, 2, None), (64, 64, 256, 16, 3, None),
-           (64, 128, 256, 16, 2, None), (64, 64, 512, 16, 2, None), (64, 64, 512, 16, 1, None),
-           (64, 32, 512, 16, 2, None), (64, 32, 256, 8, 2, 128), (64, 64, 128, 8, 2, None),
-           (64, 64, 256, 8, 3, 128), (128, 64, 256, 16, 2, None)],
-}
-MLSTM_SWEEP_SCAN = [(128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 8, 1), (128, 128, 16, 2), (128, 128, 16, 3),
-                    (64, 64, 4, 2), (128, 256, 16, 2), (64, 128, 8, 2), (64, 256, 8, 2),
-                    (256, 64, 8, 2)]  # (bk, bn, warps, stages), T=8192
-MLSTM_SWEEP_SMALL_SCAN = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2),
-                          (64, 32, 4, 2)]  # T=65536, B=1
-
-
-def _attend_cfg(c):
-    return dict(zip(("tile", "bk", "bn", "warps", "stages", "maxnreg"), c))
-
-
-def _scan_cfg(c, small):
-    bk, bn, warps, stages = c
-    if small:  # all programs take the small blocks
-        return dict(bk=bk, bn=bn, warps=warps, stages=stages, min_programs=10 ** 9, small_bk=bk, small_bn=bn,
-                    small_warps=warps)
-    return dict(bk=bk, bn=bn, warps=warps, stages=stages, min_programs=0, small_bk=bk, small_bn=bn, small_warps=warps)
-
-
 def mlstm_record(t, b=None):
     """One forward+backward of mlstm_chunkwise at T=t (B = 65536 / t unless given), with every attend and state
     scan recorded: {kind: (function, args, kwargs)}, kind in h, dq, dk, dv, scan, rscan."""
@@ -355,14 +316,6 @@ def mlstm_record(t, b=None):
     finally:
         cf.attend, cb.attend, cf.state_scan, cb.state_scan = attend, attend, scan, scan
     return calls
-
-
-def _mlstm_variants():
-    """(kind, T, B, config) of every setting the sweep times."""
-    out = [(kind, 8192, None, _attend_cfg(c)) for kind, cs in MLSTM_SWEEP_ATTEND.items() for c in cs]
-    out += [(kind, 8192, None, _scan_cfg(c, False)) for kind in ("scan", "rscan") for c in MLSTM_SWEEP_SCAN]
-    out += [(kind, 65536, 1, _scan_cfg(c, True)) for kind in ("scan", "rscan") for c in MLSTM_SWEEP_SMALL_SCAN]
-    return out + [("chunk", 8192, None, dict(chunk=c)) for c in (64, 256)]  # the whole op, default settings
 
 
 def _mlstm_run_variant(calls, kind, cfg):
@@ -399,12 +352,6 @@ def _mlstm_compile_worker(jobs):
     errors = []
     recorded = {}
     for kind, t, b, cfg in jobs:
-        if kind == "chunk":
-            from kernels.mlstm import mlstm_chunkwise
-            xs = [x[:1].detach().clone().requires_grad_(True) for x in mlstm_inputs(t, grad=True)]
-            h = mlstm_chunkwise(*xs, chunk=cfg["chunk"])
-            torch.autograd.grad(h, xs, torch.randn_like(h))
-            continue
         key = (t, b)
         if key not in recorded:
             recorded[key] = mlstm_record(t, 1 if b is None else b)
@@ -417,114 +364,13 @@ def _mlstm_compile_worker(jobs):
     return errors
 
 
-def group_mlstm_sweep(out):
-    import multiprocessing as mp
-    import torch
-    from kernels.mlstm import chunk_bwd as cb, chunk_fwd as cf, mlstm_chunkwise
-    variants = _mlstm_variants()
-    start = time.time()
-    n_workers = min(12, max(1, (os.cpu_count() or 2) - 2))
-    with mp.get_context("spawn").Pool(n_workers) as pool:
-        for errs in pool.map(_mlstm_compile_worker, [variants[w::n_workers] for w in range(n_workers)]):
-            for e in errs:
-                print("compile:", e, flush=True)
-    emit(out, table="parts", impl="mlstm sweep compile (parallel)", T=0, ms=1e3 * (time.time() - start))
-    # gradients of the defaults against fp32 autograd of the reference on the same bf16 inputs (as group_check;
-    # T=2048 shares the compiled kernels of T=8192)
-    try:
-        from baselines import mlstm as mref
-        g = torch.Generator(device="cuda").manual_seed(1)
-        dims = (256, 256, 512)
-        lo = [torch.randn(1, 2, 2048, d, generator=g, device="cuda").bfloat16().requires_grad_(True) for d in dims]
-        lo += [torch.randn(1, 2, 2048, generator=g, device="cuda").requires_grad_(True),
-               (torch.randn(1, 2, 2048, generator=g, device="cuda") + 3).requires_grad_(True)]
-        xs = [x.detach().float().requires_grad_(True) for x in lo]
-        ref = mref.mlstm_chunkwise(*xs, chunk=64)[0]
-        dh = torch.randn_like(ref).bfloat16()
-        mine = mlstm_chunkwise(*lo)
-        emit(out, table="check", what="mlstm sweep defaults h bf16 T=2048", rel_err=rel(mine, ref))
-        for name, a, b in zip("qkvif", torch.autograd.grad(mine, lo, dh), torch.autograd.grad(ref, xs, dh.float())):
-            emit(out, table="check", what=f"mlstm sweep defaults grad d{name} bf16 T=2048", rel_err=rel(a, b))
-        lo = xs = ref = dh = mine = None
-    except Exception as e:  # noqa: BLE001 - the sweep goes on; the final run checks again
-        emit(out, table="check", what="mlstm sweep defaults error", rel_err=float("nan"), error=str(e)[:200])
-    best = {}
-    for t, b in ((8192, None), (65536, 1)):
-        calls = mlstm_record(t, b)
-        ref_out = {}
-        for kind, vt, vb, cfg in variants:
-            if (vt, vb) != (t, b) or kind == "chunk":
-                continue
-            label = f"mlstm sweep {kind} " + " ".join(f"{k}{v}" for k, v in cfg.items() if "small" not in k
-                                                      and k != "min_programs")
-            try:
-                res = _mlstm_run_variant(calls, kind, cfg)
-                res = res[0] if isinstance(res, tuple) else res
-                if kind not in ref_out:  # the first setting of each launch is the default
-                    ref_out[kind] = res.clone()
-                err = rel(res, ref_out[kind]) if ref_out[kind].norm() > 0 else (res - ref_out[kind]).abs().max().item()
-                ms = bench(lambda: _mlstm_run_variant(calls, kind, cfg), rep=25)
-                emit(out, table="parts", impl=label, T=t, ms=ms, rel_err=err)
-                if err < 2e-2 and (kind, t) not in best or err < 2e-2 and ms < best[(kind, t)][0]:
-                    best[(kind, t)] = (ms, cfg)
-            except Exception as e:  # noqa: BLE001 - e.g. out of shared memory
-                emit(out, table="parts", impl=label + " error", T=t, ms=float("nan"), error=str(e)[:200])
-        calls = ref_out = None
-        torch.cuda.empty_cache()
-    for (kind, t), (ms, cfg) in best.items():
-        emit(out, table="parts", impl=f"mlstm sweep best {kind} {json.dumps(cfg)}", T=t, ms=ms)
-    # end to end: the defaults, then the best settings (scans: large blocks from T=8192, small from T=65536)
-    defaults = _mlstm_settings()
-
-    apply = _mlstm_apply
-
-    def merged(kind, base):
-        large, small = best.get((kind, 8192), (0, base))[1], best.get((kind, 65536), (0, base))[1]
-        return dict(base, bk=large["bk"], bn=large["bn"], warps=large["warps"], stages=large["stages"],
-                    small_bk=small["bk"], small_bn=small["bn"], small_warps=small["warps"],
-                    min_programs=base["min_programs"])
-
-    chosen = [best.get((k, 8192), (0, d))[1] for k, d in zip(("h", "dq", "dk", "dv"), defaults[:4])]
-    chosen += [merged("scan", defaults[4]), merged("rscan", defaults[5])]
-    emit(out, table="parts", impl="mlstm sweep chosen " + json.dumps(chosen), T=0, ms=0.0)
-    results = {}
-    for label, cfgs in (("default", defaults), ("best", chosen)):
-        apply(*cfgs)
-        for t in (8192, 65536):
-            xs = mlstm_inputs(t)
-            ms = bench(lambda: mlstm_chunkwise(*xs))
-            emit(out, table="parts", impl=f"mlstm sweep e2e fwd {label}", T=t, ms=ms)
-            xs = mlstm_inputs(t, grad=True)
-            ms = time_fwd_bwd(mlstm_chunkwise, xs)
-            emit(out, table="parts", impl=f"mlstm sweep e2e fwd+bwd {label}", T=t, ms=ms)
-            if t == 8192:  # same inputs and dh under both settings: the outputs must agree
-                h = mlstm_chunkwise(*xs)
-                dh = torch.randn(h.shape, generator=torch.Generator(device=h.device).manual_seed(5), device=h.device,
-                                 dtype=h.dtype)
-                results[label] = [h.detach()] + list(torch.autograd.grad(h, xs, dh))
-            xs = None
-            torch.cuda.empty_cache()
-    apply(*defaults)
-    for chunk in (64, 256):
-        xs = mlstm_inputs(8192)
-        emit(out, table="parts", impl=f"mlstm sweep e2e fwd default, chunk {chunk}", T=8192,
-             ms=bench(lambda: mlstm_chunkwise(*xs, chunk=chunk)))
-        xs = mlstm_inputs(8192, grad=True)
-        emit(out, table="parts", impl=f"mlstm sweep e2e fwd+bwd default, chunk {chunk}", T=8192,
-             ms=time_fwd_bwd(lambda *a: mlstm_chunkwise(*a, chunk=chunk), xs))
-        xs = None
-    for name, a, b in zip(("h", "dq", "dk", "dv", "di", "df"), results["best"], results["default"]):
-        emit(out, table="check", what=f"mlstm sweep best vs default {name} T=8192", rel_err=rel(a, b))
-    apply(*defaults)
-
-
-# The next settings (run by name: --groups mlstm_next): per launch, candidates against the defaults, each checked
-# against a setting without software pipelining (stages 1) and for run-to-run determinism (three runs); the fastest
-# deterministic, matching candidate of each launch ("winners") is then timed end to end next to the defaults, and
-# both are checked at full scale (_mlstm_verify). The 20:46 run swept a longer list and excluded capped settings
-# (linear.md); after it, x's pipeline buffer race was fixed in `_chunk_attend` (h and dq), so these are the
-# candidates that raced then and were fastest, and the 8-warp capped settings (two programs per SM), which may be
-# correct now.
+# The tuning group (run by name: --groups mlstm_next): every launch of one forward+backward is recorded, then each
+# candidate below is re-run alone against the defaults, checked against a setting without software pipelining
+# (stages 1) and for run-to-run determinism (three runs): a pipelining race shows up only as outputs that change from
+# run to run (linear.md, "The race"). The fastest deterministic, matching candidate of each launch ("winners") is
+# timed end to end next to the defaults, and both are checked at full scale (_mlstm_verify). Compiles run first in
+# parallel worker processes. The list is the 21:06 run's (linear.md, "Per launch, run 3"); its forward winner is the
+# default now.
 _W16 = dict(warps=16, maxnreg=None)
 _CAPPED = dict(tile=64, bk=64, bn=256, warps=8, stages=2, maxnreg=128)  # the default of the 19:47 and 20:25 runs
 _CAPPED3 = dict(_CAPPED, stages=3, prefetch=True)

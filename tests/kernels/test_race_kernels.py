@@ -23,6 +23,22 @@ def rel(a, b):
     return ((a.double() - b).norm() / b.norm()).item()
 
 
+def check_forward_and_gradients(shape, chunk, seg_chunks, causal):
+    """race_attention's output and q, k, v gradients against float64 autograd of the reference; returns the
+    inputs and the reference output."""
+    q, k, v, w = inputs(**shape)
+    leaves64 = [x.double().requires_grad_(True) for x in (q, k, v)]
+    golden = ref.race_attention(*leaves64, w.double(), causal=causal)
+    do = torch.randn_like(golden)
+    golden_grads = torch.autograd.grad(golden, leaves64, do)
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    out = race_attention(*leaves, w, causal=causal, chunk=chunk, seg_chunks=seg_chunks)
+    assert rel(out, golden) < 1e-5
+    for name, got, want in zip("qkv", torch.autograd.grad(out, leaves, do.float()), golden_grads):
+        assert rel(got, want) < 1e-5, name
+    return (q, k, v, w), golden
+
+
 CASES = [  # (shape, chunk, seg_chunks): one segment, several, a partial last chunk, T < chunk
     pytest.param(dict(t=37), 16, 0, id="T37-one-segment"),
     pytest.param(dict(t=70, p=3, n_tables=3, d=32, dv=16), 16, 1, id="T70-P3L3-segments-of-one-chunk"),
@@ -34,16 +50,7 @@ CASES = [  # (shape, chunk, seg_chunks): one segment, several, a partial last ch
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("shape,chunk,seg_chunks", CASES)
 def test_forward_and_gradients_match_reference(shape, chunk, seg_chunks, causal):
-    q, k, v, w = inputs(**shape)
-    leaves64 = [x.double().requires_grad_(True) for x in (q, k, v)]
-    golden = ref.race_attention(*leaves64, w.double(), causal=causal)
-    do = torch.randn_like(golden)
-    golden_grads = torch.autograd.grad(golden, leaves64, do)
-    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
-    out = race_attention(*leaves, w, causal=causal, chunk=chunk, seg_chunks=seg_chunks)
-    assert rel(out, golden) < 1e-5
-    for name, got, want in zip("qkv", torch.autograd.grad(out, leaves, do.float()), golden_grads):
-        assert rel(got, want) < 1e-5, name
+    check_forward_and_gradients(shape, chunk, seg_chunks, causal)
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -102,16 +109,7 @@ def test_hash_in_the_scans_or_before_them(shape, chunk, seg_chunks, causal, fuse
     from kernels.race import chunk_fwd
     monkeypatch.setattr(chunk_fwd, "FUSED_HASH", fused)
     monkeypatch.setattr(chunk_fwd, "FUSED_HASH_WIDE", fused)
-    q, k, v, w = inputs(**shape)
-    leaves64 = [x.double().requires_grad_(True) for x in (q, k, v)]
-    golden = ref.race_attention(*leaves64, w.double(), causal=causal)
-    do = torch.randn_like(golden)
-    golden_grads = torch.autograd.grad(golden, leaves64, do)
-    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
-    out = race_attention(*leaves, w, causal=causal, chunk=chunk, seg_chunks=seg_chunks)
-    assert rel(out, golden) < 1e-5
-    for name, got, want in zip("qkv", torch.autograd.grad(out, leaves, do.float()), golden_grads):
-        assert rel(got, want) < 1e-5, name
+    (q, k, v, w), golden = check_forward_and_gradients(shape, chunk, seg_chunks, causal)
     with torch.no_grad():  # the direct path: no custom op, phi(q) and den not written
         assert rel(race_attention(q, k, v, w, causal=causal, chunk=chunk, seg_chunks=seg_chunks), golden) < 1e-5
 
