@@ -25,12 +25,12 @@ from kernels.mlstm.chunk_fwd import CHUNK, attend, check_inputs, gate_terms, sta
 # per step inside the chunk, <= tile; absent: tile), bk (contraction block), bn (output block; bn < the output
 # width splits rows over programs and takes the gate dots outside), warps, stages, maxnreg (register cap),
 # prefetch (loads that feed no dot issued a step early, see chunk_fwd.PREFETCH).
-DQ_ATTEND = dict(tile=64, bk=64, bn=256, warps=16, stages=3, maxnreg=None)  # dh (512) -> dq (256), and dh . h
+DQ_ATTEND = dict(tile=64, bk=64, bn=256, warps=16, stages=4, maxnreg=None)  # dh (512) -> dq (256), and dh . h
 DK_ATTEND = dict(tile=64, bk=64, bn=256, warps=16, stages=3, maxnreg=None, prefetch=True)  # v (512) -> dk (256)
 DV_ATTEND = dict(tile=64, bk=32, bn=512, warps=16, stages=4, maxnreg=None, prefetch=True)  # k (256) -> dv (512)
 # the reverse state scan (q, dh): blocks of the state, warps, stages, prefetch (chunk_fwd.STATE_PREFETCH); below
 # min_programs programs the small blocks
-REV_SCAN = dict(bk=64, bn=64, warps=4, stages=2, prefetch=True, min_programs=256, small_bk=64, small_bn=64,
+REV_SCAN = dict(bk=64, bn=128, warps=4, stages=2, prefetch=True, min_programs=256, small_bk=64, small_bn=64,
                 small_warps=4)
 
 

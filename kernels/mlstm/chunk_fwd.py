@@ -29,10 +29,10 @@ CHUNK = 128  # tunable: 64, 128, 256, 512
 TILE = 64  # tunable: 32, 64, 128
 # columns per step inside the chunk (None: TILE)
 COL_TILE = None  # tunable: None, 32, 64
-BLOCK_K = 32  # tunable: 32, 64, 128
+BLOCK_K = 64  # tunable: 32, 64, 128
 BLOCK_N = 512  # tunable: 64, 128, 256, 512
 NUM_WARPS = 16  # tunable: 4, 8, 16
-NUM_STAGES = 4  # tunable: 1, 2, 3, 4
+NUM_STAGES = 3  # tunable: 1, 2, 3, 4
 # loads that feed no dot (the n state, V tiles and gates of the column loop) issued a step early by hand
 PREFETCH = True  # tunable: False, True
 # A register cap on the attend (Triton's maxnreg); at 16 warps 128 registers is the hardware's own limit. (The
@@ -40,16 +40,17 @@ PREFETCH = True  # tunable: False, True
 # buffer, fixed in `_chunk_attend`; docs/benchmarks/linear.md.)
 ATTEND_MAX_NREG = None  # tunable: None, 128
 STATE_BLOCK_K = 64  # tunable: 32, 64, 128
-STATE_BLOCK_N = 64  # tunable: 32, 64, 128
+STATE_BLOCK_N = 128  # tunable: 32, 64, 128
 STATE_NUM_WARPS = 4  # tunable: 4, 8
 STATE_NUM_STAGES = 2  # tunable: 1, 2, 3
 # each chunk's decay (and, in the backward, coef) loaded one step early
 STATE_PREFETCH = True  # tunable: False, True
 # long T, small batch: fewer scan programs than this with the blocks above leave SMs idle while each program
-# walks every chunk, so the scan then takes the smaller blocks below (with 64 x 64 above, T=64K at B=1 gives 256)
+# walks every chunk, so the scan then takes the smaller blocks below (at T=64K, B=1: 128 programs with 64 x 128,
+# 256 with 64 x 64)
 SCAN_MIN_PROGRAMS = 256  # tunable: 0, 132, 256, 512
 SMALL_STATE_BLOCK_K = 64  # tunable: 32, 64, 128
-SMALL_STATE_BLOCK_N = 64  # tunable: 32, 64, 128
+SMALL_STATE_BLOCK_N = 128  # tunable: 32, 64, 128
 SMALL_STATE_NUM_WARPS = 4  # tunable: 4, 8
 EPS = 1e-6
 
