@@ -26,29 +26,14 @@ def softmax(x: Tensor) -> Tensor:
     return _softmax.entry(x)
 
 
-@softmax.register_fake
-def _(x):
-    return torch.empty_like(x)
-
-
 @torch.library.custom_op("evo::rms_norm", mutates_args=())
 def rms_norm(x: Tensor, weight: Tensor) -> Tensor:
     return _rmsnorm.entry(x, weight)
 
 
-@rms_norm.register_fake
-def _(x, weight):
-    return torch.empty_like(x)
-
-
 @torch.library.custom_op("evo::layer_norm", mutates_args=())
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return _layernorm.entry(x, weight, bias)
-
-
-@layer_norm.register_fake
-def _(x, weight, bias):
-    return torch.empty_like(x)
 
 
 @torch.library.custom_op("evo::add_rms_norm", mutates_args=())
@@ -66,19 +51,9 @@ def rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return _rope.entry(x, cos, sin)
 
 
-@rope.register_fake
-def _(x, cos, sin):
-    return torch.empty_like(x)
-
-
 @torch.library.custom_op("evo::swiglu", mutates_args=())
 def swiglu(gate: Tensor, up: Tensor) -> Tensor:
     return _swiglu.entry(gate, up)
-
-
-@swiglu.register_fake
-def _(gate, up):
-    return torch.empty_like(gate)
 
 
 @torch.library.custom_op("evo::cross_entropy", mutates_args=())
@@ -116,6 +91,10 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return _decode_attention.entry(q, k, v)
 
 
-@decode_attention.register_fake
-def _(q, k, v):
-    return torch.empty_like(q)
+def _like_first(x, *_):
+    return torch.empty_like(x)
+
+
+# the ops whose output has the shape, dtype and device of their first argument
+for _op in (softmax, rms_norm, layer_norm, rope, swiglu, decode_attention):
+    _op.register_fake(_like_first)

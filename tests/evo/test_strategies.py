@@ -8,10 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy import select
 
-from db.models import Base, LLMCall
+from db.models import LLMCall
 from evo.llm import LLMClient, load_settings
 from evo.llm.client import api_seed
 from evo.strategies import STRATEGIES, JobInfo, Member, get_strategy
@@ -63,18 +62,10 @@ def evaluate():
         yield evaluate
 
 
-@pytest.fixture
-def sessions(tmp_path):
-    engine = create_engine(f"sqlite:///{tmp_path / 'engine.db'}")
-    Base.metadata.create_all(engine)
-    yield sessionmaker(engine, expire_on_commit=False)
-    engine.dispose()
-
-
-def run_job(strategy_name, server, sessions, evaluate, budget=8, language="triton", seed=11):
+def run_job(strategy_name, server, session_factory, evaluate, budget=8, language="triton", seed=11):
     """The orchestrator's loop in miniature. Returns (members, proposals per generation)."""
     strategy = get_strategy(strategy_name)
-    llm = LLMClient(load_settings(server.env()), sessions)
+    llm = LLMClient(load_settings(server.env()), session_factory)
     seed_result = evaluate(SEED)
     members = [Member(1, SEED, "triton", 0, "seed", (), seed_result.status, seed_result.runtime_ms,
                       name="seed (triton)", speedup_eager=seed_result.speedup_eager,
@@ -107,13 +98,13 @@ def user_prompt(request: dict) -> str:
 
 
 @pytest.mark.parametrize("name", LLM_STRATEGIES)
-def test_strategy_runs_a_job_end_to_end(name, sessions, evaluate):
+def test_strategy_runs_a_job_end_to_end(name, session_factory, evaluate):
     with FakeOpenAI(reply_by_sample) as server:
-        members, generations = run_job(name, server, sessions, evaluate, budget=8)
+        members, generations = run_job(name, server, session_factory, evaluate, budget=8)
     # The budget is spent exactly, 4 samplers per generation, every call recorded and linked.
     assert [len(g) for g in generations] == [4, 4]
     proposals = [p for g in generations for p in g]
-    with sessions() as s:
+    with session_factory() as s:
         rows = s.scalars(select(LLMCall).order_by(LLMCall.id)).all()
     assert len(rows) == len(server.requests) == 8
     assert sorted(p.llm_call_id for p in proposals) == [r.id for r in rows]
@@ -142,11 +133,11 @@ def test_strategy_runs_a_job_end_to_end(name, sessions, evaluate):
         assert any("variant " in p for p in later)  # the second generation builds on the first
 
 
-def test_operators_follow_each_strategy(sessions, evaluate):
+def test_operators_follow_each_strategy(session_factory, evaluate):
     operators = {}
     for name in LLM_STRATEGIES:
         with FakeOpenAI(reply_by_sample) as server:
-            _, generations = run_job(name, server, sessions, evaluate, budget=12)
+            _, generations = run_job(name, server, session_factory, evaluate, budget=12)
         operators[name] = [sorted(p.operator for p in g) for g in generations]
     assert operators["evoengineer-free"] == [["improve"] * 4] * 3
     assert operators["evoengineer-insight"] == [["improve"] * 4] * 3
@@ -157,21 +148,21 @@ def test_operators_follow_each_strategy(sessions, evaluate):
     assert operators["ai-cuda-engineer"][0] == ["translate"] * 4 and operators["ai-cuda-engineer"][-1] == ["crossover"] * 4
 
 
-def test_funsearch_children_carry_their_island(sessions, evaluate):
+def test_funsearch_children_carry_their_island(session_factory, evaluate):
     with FakeOpenAI(reply_by_sample) as server:
-        members, generations = run_job("funsearch", server, sessions, evaluate, budget=8)
+        members, generations = run_job("funsearch", server, session_factory, evaluate, budget=8)
     assert all(p.island is not None and 0 <= p.island < 5 for g in generations for p in g)
     versions = [len(re.findall(r"^### v\d", user_prompt(r), re.M)) for r in server.requests]
     assert versions[:4] == [1, 1, 1, 1]  # only the seed on every island at first
     assert max(versions) <= 2
 
 
-def test_replay_the_same_job_with_the_cache_gives_the_same_candidates(sessions, evaluate):
+def test_replay_the_same_job_with_the_cache_gives_the_same_candidates(session_factory, evaluate):
     """The fake server answers by arrival order, so only the reply cache can make a rerun equal."""
     with FakeOpenAI(lambda body, n: kernel_reply(n)) as server:
-        first_members, first = run_job("evoengineer-full", server, sessions, evaluate, budget=8)
+        first_members, first = run_job("evoengineer-full", server, session_factory, evaluate, budget=8)
         sent = len(server.requests)
-        again_members, again = run_job("evoengineer-full", server, sessions, evaluate, budget=8)
+        again_members, again = run_job("evoengineer-full", server, session_factory, evaluate, budget=8)
         assert len(server.requests) == sent == 8  # nothing was asked twice
 
         def summary(generations):
@@ -179,19 +170,19 @@ def test_replay_the_same_job_with_the_cache_gives_the_same_candidates(sessions, 
 
         assert summary(again) == summary(first)
         assert [m.source for m in again_members] == [m.source for m in first_members]
-        other_members, _ = run_job("evoengineer-full", server, sessions, evaluate, budget=8, seed=12)
+        other_members, _ = run_job("evoengineer-full", server, session_factory, evaluate, budget=8, seed=12)
         assert len(server.requests) == 16  # another seed is another job: fresh samples
         assert [m.source for m in other_members] != [m.source for m in first_members]
-    with sessions() as s:
+    with session_factory() as s:
         cached = s.scalars(select(LLMCall.cached).order_by(LLMCall.id)).all()
     assert cached == [False] * 8 + [True] * 8 + [False] * 8
 
 
-def test_a_job_for_both_languages_asks_for_triton_and_cuda(sessions):
+def test_a_job_for_both_languages_asks_for_triton_and_cuda(session_factory):
     cuda = (Path(__file__).parent / "llm" / "replies" / "cuda_cupy.txt").read_text()
     with FakeOpenAI(lambda body, n: Reply(cuda) if "CUDA_SOURCE" in body["messages"][0]["content"]
                     else kernel_reply(0)) as server:
-        llm = LLMClient(load_settings(server.env()), sessions)
+        llm = LLMClient(load_settings(server.env()), session_factory)
         seed = Member(1, SEED, "triton", 0, "seed", (), "correct", 1.0)
         job = JobInfo(1, "softmax", "evoengineer-free", "both", 45, 0, 1, {"seed": 1}, "cpu-interpreter")
         proposals = get_strategy("evoengineer-free").propose(job, [seed], random.Random(0), llm)
@@ -200,7 +191,7 @@ def test_a_job_for_both_languages_asks_for_triton_and_cuda(sessions):
     assert all("CUDA_SOURCE" in p.source for p in proposals if p.language == "cuda")
 
 
-def test_a_spent_budget_proposes_nothing(sessions):
+def test_a_spent_budget_proposes_nothing(session_factory):
     job = JobInfo(1, "softmax", "evoengineer-full", "triton", 8, 8, 3, {}, "cpu-interpreter")
     for name in LLM_STRATEGIES:
         assert get_strategy(name).propose(job, [], random.Random(0), llm=None) == []

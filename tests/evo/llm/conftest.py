@@ -6,16 +6,8 @@ from db.models import Base
 
 
 @pytest.fixture
-def session_factory(tmp_path):
-    engine = create_engine(f"sqlite:///{tmp_path / 'llm.db'}")
-    Base.metadata.create_all(engine)
-    yield sessionmaker(engine, expire_on_commit=False)
-    engine.dispose()
-
-
-@pytest.fixture
 def pg_session_factory(postgres_schema):
-    """The same tables in a private PostgreSQL schema (other test files share the database)."""
+    """session_factory's tables (tests/evo/conftest.py) in a private PostgreSQL schema (other test files share the database)."""
     with postgres_schema("evo_test_llm") as url:
         engine = create_engine(url)
         Base.metadata.create_all(engine)
