@@ -20,7 +20,7 @@ BANDWIDTH = 4.3e12
 MATMUL = 790e12
 MLSTM_T = (1024, 8192, 65536)  # B x T = 65,536, 8 heads, d_qk 256, d_v 512 (xLSTM 7B)
 MLSTM_CHUNKS = (128, 256)
-RACE_T = tuple(1 << e for e in (12, 14, 16, 18, 20, 22, 24))  # 4K .. 16M
+RACE_T = tuple(1 << e for e in (12, 14, 16, 18, 20, 22, 23, 24))  # 4K .. 16M
 RACE_PL = ((3, 3), (4, 4))
 RACE_SWEEP_T = (1 << 18, 1 << 20, 1 << 22)  # race_sweep: forward at these T, forward+backward at the last
 RACE_PARTS_T = (1 << 22, 1 << 18)
@@ -115,7 +115,7 @@ def mlstm_rows(out, name, fn, layout="bhtd", chunks=(None,)):
 
 def group_mlstm_ours(out):
     from kernels.mlstm import mlstm_chunkwise
-    mlstm_rows(out, "evo mlstm_chunkwise", mlstm_chunkwise, chunks=MLSTM_CHUNKS)
+    mlstm_rows(out, "evo mlstm_chunkwise", mlstm_chunkwise, chunks=(None,) + MLSTM_CHUNKS)  # None: the default
 
 
 def group_mlstm_limit(out):
@@ -230,9 +230,10 @@ def group_race_fla(out):
     import torch.nn.functional as F
     from fla.ops.linear_attn import chunk_linear_attn
     from baselines.race import soft_hash
-    for p, n_tables in RACE_PL:
-        for t in RACE_T[:-1]:
-            for mode in ("fwd", "fwd+bwd"):
+    # every forward first: fla's backward faults on Triton 3.6 / Hopper (2026-11-28), which ends the process
+    for mode in ("fwd", "fwd+bwd"):
+        for p, n_tables in RACE_PL:
+            for t in RACE_T[:-1]:
                 try:
                     q, k, v, w = race_inputs(t, p, n_tables)
                     with torch.no_grad():
@@ -336,32 +337,28 @@ def _mlstm_apply(h, dq, dk, dv, scan, rscan):
     cf.TILE, cf.COL_TILE, cf.BLOCK_K, cf.BLOCK_N, cf.NUM_WARPS, cf.NUM_STAGES, cf.ATTEND_MAX_NREG, cf.PREFETCH = (
         h["tile"], h.get("col_tile"), h["bk"], h["bn"], h["warps"], h["stages"], h["maxnreg"], h.get("prefetch", False))
     cf.STATE_PREFETCH = scan.get("prefetch", False)
+    cf.STATE_VEC_DOT = scan.get("vec_dot", False)
     for d, new in ((cb.DQ_ATTEND, dq), (cb.DK_ATTEND, dk), (cb.DV_ATTEND, dv), (cb.REV_SCAN, rscan)):
         d.clear()  # the same dict objects: mlstm_record tells the attends apart by them
         d.update(new)
     (cf.STATE_BLOCK_K, cf.STATE_BLOCK_N, cf.STATE_NUM_WARPS, cf.STATE_NUM_STAGES, cf.SCAN_MIN_PROGRAMS,
      cf.SMALL_STATE_BLOCK_K, cf.SMALL_STATE_BLOCK_N, cf.SMALL_STATE_NUM_WARPS) = (
-        scan["bk"], scan["bn"], scan["warps"], scan["stages"], scan["min_programs"], scan["small_bk"],
-        scan["small_bn"], scan["small_warps"])
+        scan["bk"], scan["bn"], scan["warps"], scan["stages"], scan["min_programs"], scan.get("small_bk", scan["bk"]),
+        scan.get("small_bn", scan["bn"]), scan.get("small_warps", scan["warps"]))
 
 
-def _mlstm_compile_worker(jobs):
-    # compile (and run once, at a small batch) each (kind, T, B, config): the main process then finds the kernels
-    # in Triton's cache; the small batch has the same argument specialization (T, NC divisible by 16)
+def _mlstm_compile_worker(job):
+    # compile (and run once, at a small batch) one (kind, T, B, config), in a process of its own (a candidate that
+    # faults leaves its CUDA context unusable): the main process then finds the kernel in Triton's cache; the small
+    # batch has the same argument specialization (T, NC divisible by 16). Returns None or the error.
     import torch
-    errors = []
-    recorded = {}
-    for kind, t, b, cfg in jobs:
-        key = (t, b)
-        if key not in recorded:
-            recorded[key] = mlstm_record(t, 1 if b is None else b)
-        try:
-            _mlstm_run_variant(recorded[key], kind, cfg)
-        except Exception as e:  # noqa: BLE001 - reported again by the timing pass
-            errors.append(f"{kind} {cfg}: {type(e).__name__}: {e}"[:200])
-    if torch.cuda.is_available():
+    kind, t, b, cfg = job
+    try:
+        _mlstm_run_variant(mlstm_record(t, 1 if b is None else b), kind, cfg)
         torch.cuda.synchronize()
-    return errors
+    except Exception as e:  # noqa: BLE001 - reported as the candidate's result
+        return f"{type(e).__name__}: {e}"[:200]
+    return None
 
 
 # The tuning group (run by name: --groups mlstm_next): every launch of one forward+backward is recorded, then each
@@ -369,21 +366,23 @@ def _mlstm_compile_worker(jobs):
 # (stages 1) and for run-to-run determinism (three runs): a pipelining race shows up only as outputs that change from
 # run to run (linear.md, "The race"). The fastest deterministic, matching candidate of each launch ("winners") is
 # timed end to end next to the defaults, and both are checked at full scale (_mlstm_verify). Compiles run first in
-# parallel worker processes. The list is the 21:35 run's (linear.md, "Per launch, run 6"), around the defaults.
+# parallel worker processes, one per candidate.
 _W16 = dict(warps=16, maxnreg=None)
 _REF = dict(tile=64, bk=64, bn=256, stages=1, **_W16)
-MLSTM_NEXT_ATTEND = {  # per kind: the reference (stages 1), the default (None), candidates
-    "h": [_REF, None, dict(tile=64, bk=32, bn=512, stages=3, prefetch=True, **_W16),
-          dict(tile=64, bk=64, bn=512, stages=3, prefetch=True, **_W16),
-          dict(tile=64, col_tile=32, bk=32, bn=512, stages=4, prefetch=True, **_W16),
-          dict(tile=64, bk=32, bn=512, stages=5, prefetch=True, **_W16)],
-    "dq": [_REF, None, dict(tile=64, bk=32, bn=256, stages=3, **_W16), dict(tile=64, bk=64, bn=256, stages=4, **_W16)],
-    "dk": [_REF, None, dict(tile=64, bk=32, bn=256, stages=4, prefetch=True, **_W16)],
-    "dv": [_REF, None],
-}
-_SCAN = dict(bk=64, bn=64, warps=4, stages=2, prefetch=True, min_programs=256, small_bk=64, small_bn=64, small_warps=4)
-MLSTM_NEXT_SCAN = [None, dict(_SCAN, stages=3), dict(_SCAN, bn=128), dict(_SCAN, bk=128), dict(_SCAN, bk=32, bn=128),
-                   dict(_SCAN, bk=128, bn=128, warps=8)]  # the first (the default) is the scans' reference
+MLSTM_NEXT_T = (8192, 65536)  # per-launch timings at B=8 and B=1; the winner of a launch is the fastest over both
+MLSTM_NEXT_ATTEND = {kind: [_REF, None] for kind in ("h", "dq", "dk", "dv")}  # per kind: the reference, the default
+# the scans' candidates take their blocks at every T (min_programs 0); two kernel variants timed this way on
+# 2026-11-28 (weights on the A operand, the n state by a small wgmma) were slower or faulted and are gone (linear.md)
+_SCAN = dict(bk=64, bn=64, warps=4, stages=2, prefetch=True, min_programs=0)
+MLSTM_NEXT_SCAN = [None, _SCAN, dict(_SCAN, bn=128), dict(_SCAN, stages=3), dict(_SCAN, bn=128, stages=3)]
+# (the first, the default, is the scans' reference)
+
+
+def _mlstm_next_outputs(kind, res):
+    # what a launch is compared on: an attend's output; a scan's states and n states
+    if not isinstance(res, tuple):
+        return [res]
+    return list(res[:2]) if kind in ("scan", "rscan") else [res[0]]
 
 
 def _mlstm_next_variants():
@@ -446,39 +445,50 @@ def group_mlstm_next(out):
     jobs = [(kind, t, None if t == 8192 else 1, cfg) for t in (8192, 1024) for kind, cfg in variants]
     start = time.time()
     n_workers = min(12, max(1, (os.cpu_count() or 2) - 2))
-    with mp.get_context("spawn").Pool(n_workers) as pool:
-        for errs in pool.map(_mlstm_compile_worker, [jobs[w::n_workers] for w in range(n_workers)]):
-            for e in errs:
-                print("compile:", e, flush=True)
+    with mp.get_context("spawn").Pool(n_workers, maxtasksperchild=1) as pool:
+        errors = pool.map(_mlstm_compile_worker, jobs, chunksize=1)
+    broken = {n for n, (kind, cfg) in enumerate(variants) for job, err in zip(jobs, errors)
+              if err and job[0] == kind and job[3] == cfg}
+    for job, err in zip(jobs, errors):
+        if err:
+            emit(out, table="parts", impl=f"mlstm next {job[0]} {job[3]} T={job[1]}: compile or run error", T=job[1],
+                 ms=float("nan"), error=err)
     emit(out, table="parts", impl="mlstm next compile (parallel)", T=0, ms=1e3 * (time.time() - start))
     defaults = _mlstm_settings()
     names = ("h", "dq", "dk", "dv", "scan", "rscan")
     winners = dict(zip(names, defaults))
+    total_ms, failed = {}, set(broken)
+    for t in MLSTM_NEXT_T:
+        calls = mlstm_record(t)
+        ref_out = {}
+        for n, (kind, cfg) in enumerate(variants):
+            if n in broken:
+                continue
+            label = f"mlstm next {kind} " + " ".join(f"{k}{v}" for k, v in cfg.items() if "small" not in k
+                                                     and k != "min_programs")
+            try:
+                runs = []
+                for _ in range(3):
+                    runs.append([x.clone() for x in _mlstm_next_outputs(kind, _mlstm_run_variant(calls, kind, cfg))])
+                same = all(torch.equal(a, b) for r in runs[1:] for a, b in zip(r, runs[0]))
+                if kind not in ref_out:  # the first setting of each kind is the reference
+                    ref_out[kind] = runs[0]
+                err = max(rel(a, b) if b.norm() > 0 else (a - b).abs().max().item()
+                          for a, b in zip(runs[0], ref_out[kind]))
+                ms = bench(lambda: _mlstm_run_variant(calls, kind, cfg), rep=25)
+                emit(out, table="parts", impl=label, T=t, ms=ms, rel_err=err, deterministic=same)
+                total_ms[n] = total_ms.get(n, 0.0) + ms
+                if not (same and err < 1e-3):
+                    failed.add(n)
+            except Exception as e:  # noqa: BLE001
+                emit(out, table="parts", impl=label + " error", T=t, ms=float("nan"), error=str(e)[:200])
+                failed.add(n)
+        calls = runs = None
+        torch.cuda.empty_cache()
     best_ms = {}
-    calls = mlstm_record(8192)
-    ref_out = {}
-    for kind, cfg in variants:
-        label = f"mlstm next {kind} " + " ".join(f"{k}{v}" for k, v in cfg.items() if "small" not in k
-                                                 and k != "min_programs")
-        try:
-            runs = []
-            for _ in range(3):
-                res = _mlstm_run_variant(calls, kind, cfg)
-                runs.append((res[0] if isinstance(res, tuple) else res).clone())
-            same = all(torch.equal(r, runs[0]) for r in runs[1:])
-            if kind not in ref_out:  # the first setting of each kind is the reference
-                ref_out[kind] = runs[0]
-            ref = ref_out[kind]
-            err = rel(runs[0], ref) if ref.norm() > 0 else (runs[0] - ref).abs().max().item()
-            ms = bench(lambda: _mlstm_run_variant(calls, kind, cfg), rep=25)
-            emit(out, table="parts", impl=label, T=8192, ms=ms, rel_err=err, deterministic=same)
-            ok = same and err < 1e-3
-            if ok and ms < best_ms.get(kind, float("inf")):
-                best_ms[kind], winners[kind] = ms, cfg
-        except Exception as e:  # noqa: BLE001
-            emit(out, table="parts", impl=label + " error", T=8192, ms=float("nan"), error=str(e)[:200])
-    calls = ref_out = None
-    torch.cuda.empty_cache()
+    for n, (kind, cfg) in enumerate(variants):
+        if n not in failed and total_ms[n] < best_ms.get(kind, float("inf")):
+            best_ms[kind], winners[kind] = total_ms[n], cfg
     chosen = tuple(winners[n] for n in names)
     emit(out, table="parts", impl="mlstm next winners " + json.dumps(chosen), T=0, ms=0.0)
     for label, settings in (("defaults", defaults), ("next winners", chosen)):

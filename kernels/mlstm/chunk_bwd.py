@@ -11,12 +11,14 @@ h_t = sum_j A_tj v_j / den_t and g = dL/dh:
          reversed, over reverse states R_c = sum_{t after chunk c} exp(b_t + m_c - m_t) q_t dnum_t^T
          and r_c (the same with ds), made by the state scan run backwards.
   Gates: d log D_tj = dA_tj A_tj, whose row sums are q_t . dq_t and column sums k_j . dk_j, so
-         di_j = k_j . dk_j and d logsigmoid(f)_t = sum_{s>=t} (q_s . dq_s - k_s . dk_s) (torch).
+         di_j = k_j . dk_j and d logsigmoid(f)_t = sum_{s>=t} (q_s . dq_s - k_s . dk_s) (`_forget_grads`).
 """
 import math
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 from kernels.mlstm.chunk_fwd import CHUNK, attend, check_inputs, gate_terms, state_scan
 
@@ -28,10 +30,10 @@ from kernels.mlstm.chunk_fwd import CHUNK, attend, check_inputs, gate_terms, sta
 DQ_ATTEND = dict(tile=64, bk=64, bn=256, warps=16, stages=4, maxnreg=None)  # dh (512) -> dq (256), and dh . h
 DK_ATTEND = dict(tile=64, bk=64, bn=256, warps=16, stages=3, maxnreg=None, prefetch=True)  # v (512) -> dk (256)
 DV_ATTEND = dict(tile=64, bk=32, bn=512, warps=16, stages=4, maxnreg=None, prefetch=True)  # k (256) -> dv (512)
-# the reverse state scan (q, dh): blocks of the state, warps, stages, prefetch (chunk_fwd.STATE_PREFETCH); below
-# min_programs programs the small blocks
-REV_SCAN = dict(bk=64, bn=128, warps=4, stages=2, prefetch=True, min_programs=256, small_bk=64, small_bn=64,
-                small_warps=4)
+# the reverse state scan (q, dh): blocks of the state, warps, stages, prefetch (chunk_fwd.STATE_PREFETCH); 64 x 128
+# blocks at every T (min_programs 0): also at T=64K, B=1, where they leave 128 programs, they measured faster than
+# 64 x 64 (1.277 against 1.313 ms, linear.md), unlike the forward scan's
+REV_SCAN = dict(bk=64, bn=128, warps=4, stages=2, prefetch=True, min_programs=0)
 
 
 def mlstm_chunkwise_bwd(dh, q, k, v, i, f, h, c_states, n_states, den, s, chunk=None, tile=None):
@@ -60,9 +62,33 @@ def mlstm_chunkwise_bwd(dh, q, k, v, i, f, h, c_states, n_states, den, s, chunk=
                           reverse=True, extra=ds_scaled, col_extra=True, dot_w=k, config=DK_ATTEND, **common)
     dv_ = attend(k, q, dh, r_states, r_vec, gates["col"], row_g, gates["weight"], reverse=True, config=DV_ATTEND,
                  **common)
-    # gate gradients from the row and column sums of dL/dlog D
-    d_log_f = (row_sums - col_sums).flip(-1).cumsum(-1).flip(-1)
-    df = d_log_f * torch.sigmoid(-f.reshape(bh, t).float())
+    df = forget_grads(row_sums - col_sums, f.reshape(bh, t), chunk)
     shape = (b, nh, t)
     return (dq.view(b, nh, t, dqk), dk.view(b, nh, t, dqk), dv_.view(b, nh, t, dv),
-            col_sums.view(shape).to(i.dtype), df.view(shape).to(f.dtype))
+            col_sums.view(shape).to(i.dtype), df.view(shape))
+
+
+@triton.jit
+def _forget_grads(d_ptr, after_ptr, f_ptr, df_ptr, T, NC, CHUNK: tl.constexpr):
+    """df_t = sigmoid(-f_t) sum_{s >= t} d_s for the tokens of chunk c: its own reverse sum plus the chunks' after."""
+    c, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    rows = c * CHUNK + tl.arange(0, CHUNK)
+    valid = rows < T
+    d_log_f = tl.cumsum(tl.load(d_ptr + bh * T + rows, mask=valid, other=0.0), 0, reverse=True)
+    d_log_f += tl.load(after_ptr + bh * NC + c)
+    f = tl.load(f_ptr + bh * T + rows, mask=valid, other=0.0).to(tl.float32)
+    tl.store(df_ptr + bh * T + rows, (d_log_f / (1.0 + tl.exp(f))).to(df_ptr.dtype.element_ty), mask=valid)
+
+
+def forget_grads(d, f, chunk):
+    """The forget gates' gradient from d = q . dq - k . dk (BH, T) fp32 (dL/dlog D's row minus column sums):
+    df = sigmoid(-f) times the reverse cumulative sum of d, taken per chunk (a cumulative sum over one long row
+    per head is a slow torch kernel: 85 us at T=64K, B=1)."""
+    bh, t = d.shape
+    nc = triton.cdiv(t, chunk)
+    totals = F.pad(d, (0, nc * chunk - t)).view(bh, nc, chunk).sum(-1)
+    after = totals.flip(-1).cumsum(-1).flip(-1) - totals
+    f = f.contiguous()
+    df = torch.empty_like(f)
+    _forget_grads[(nc, bh)](d, after, f, df, t, nc, CHUNK=chunk)
+    return df

@@ -2,7 +2,7 @@
 (kernels/mlstm/ops.py) uses `mlstm_chunkwise_fwd`, and the backward reuses both kernels.
 
 Three steps, none of which waits on another program:
-  1. gate terms (`_gate_chunks`, a cummax over chunks in torch, `_gate_tokens`; O(T) floats):
+  1. gate terms (`_gate_chunks`, `_gate_chunk_scan` over the chunks, `_gate_tokens`; O(T) floats):
      per-chunk cumulative log forget b, the chunk-boundary stabilizers m_c (a max-plus scan),
      per-token stabilizers m_t; every exponent the kernels use is precomputed in log space and
      is <= 0, so no exp overflows.
@@ -20,7 +20,6 @@ out[rows] = scale * (sum_{cols in chunk, causal} (X_r . Y_c + extra) exp(rg_r + 
 import math
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -47,10 +46,10 @@ STATE_NUM_STAGES = 2  # tunable: 1, 2, 3
 STATE_PREFETCH = True  # tunable: False, True
 # long T, small batch: fewer scan programs than this with the blocks above leave SMs idle while each program
 # walks every chunk, so the scan then takes the smaller blocks below (at T=64K, B=1: 128 programs with 64 x 128,
-# 256 with 64 x 64)
+# 256 with 64 x 64, 1.245 against 1.342 ms; the reverse scan measured the other way, chunk_bwd.REV_SCAN)
 SCAN_MIN_PROGRAMS = 256  # tunable: 0, 132, 256, 512
 SMALL_STATE_BLOCK_K = 64  # tunable: 32, 64, 128
-SMALL_STATE_BLOCK_N = 128  # tunable: 32, 64, 128
+SMALL_STATE_BLOCK_N = 64  # tunable: 32, 64, 128
 SMALL_STATE_NUM_WARPS = 4  # tunable: 4, 8
 EPS = 1e-6
 
@@ -304,9 +303,31 @@ def _gate_chunks(i_ptr, f_ptr, g_ptr, a_ptr, T, NC, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def _gate_tokens(i_ptr, f_ptr, m_chunk_ptr, row_ptr, col_ptr, inter_ptr, weight_ptr, m_ptr, T, NC,
+def _gate_chunk_scan(g_ptr, a_ptr, m_chunk_ptr, NC, BLOCK: tl.constexpr):
+    """Per batch*head, over its chunks in blocks of BLOCK: m_c = G_c + max(0, max_{j<=c} a_j - G_j), G the
+    cumulative chunk log-forget g: the recurrence m_c = max(g_c + m_{c-1}, a_c) from m = 0 in closed form."""
+    bh = tl.program_id(0).to(tl.int64)
+    g_ptr += bh * NC
+    a_ptr += bh * NC
+    m_chunk_ptr += bh * NC
+    g_before = 0.0  # G at the end of the previous block
+    best = 0.0  # max(0, a_j - G_j) over the previous blocks
+    for c0 in range(0, NC, BLOCK):
+        cs = c0 + tl.arange(0, BLOCK)
+        valid = cs < NC
+        big_g = g_before + tl.cumsum(tl.load(g_ptr + cs, mask=valid, other=0.0), 0)
+        run = tl.maximum(best, tl.associative_scan(tl.load(a_ptr + cs, mask=valid, other=-float("inf")) - big_g, 0,
+                                                   _max))
+        tl.store(m_chunk_ptr + cs, big_g + run, mask=valid)
+        g_before = tl.max(tl.where(cs == tl.minimum(c0 + BLOCK, NC) - 1, big_g, -float("inf")), 0)
+        best = tl.max(run, 0)
+
+
+@triton.jit
+def _gate_tokens(i_ptr, f_ptr, m_chunk_ptr, row_ptr, col_ptr, inter_ptr, weight_ptr, m_ptr, decay_ptr, T, NC,
                  CHUNK: tl.constexpr):
-    """Per token, given the chunk stabilizers: m_t and every exponent the kernels use (all <= 0)."""
+    """Per token, given the chunk stabilizers: m_t and every exponent the kernels use (all <= 0); per chunk,
+    the log decay of the carried state."""
     c, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     rows, ig, b, g = _chunk_log_gates(i_ptr + bh * T, f_ptr + bh * T, c, T, CHUNK)
     m_chunk = tl.load(m_chunk_ptr + bh * NC + c)
@@ -318,24 +339,24 @@ def _gate_tokens(i_ptr, f_ptr, m_chunk_ptr, row_ptr, col_ptr, inter_ptr, weight_
     tl.store(inter_ptr + out, b + m_prev - m_tok)  # weight of the carried state at token t
     tl.store(weight_ptr + out, g - b + ig - m_chunk)  # weight of token j in the next state
     tl.store(m_ptr + out, m_tok)
+    tl.store(decay_ptr + bh * NC + c, g + m_prev - m_chunk)
+
+
+GATE_SCAN_BLOCK = 1024  # chunks per step of `_gate_chunk_scan`
 
 
 def gate_terms(i: torch.Tensor, f: torch.Tensor, chunk: int) -> dict:
-    """Log-space gate quantities, (BH, TP) per token or (BH, NC) per chunk, TP = NC * chunk, fp32.
-    m_c (after chunk c) = G_c + max(0, cummax_c(a_c - G_c)): the recurrence m_c = max(g_c + m_{c-1}, a_c)
-    from m = 0 solved in closed form (G: cumulative chunk log-forget g, a_c: max_j g_c - b_j + i_j)."""
+    """Log-space gate quantities, (BH, TP) per token or (BH, NC) per chunk, TP = NC * chunk, fp32; three
+    launches (per chunk, over the chunks, per token)."""
     bh, t = i.shape
     nc = triton.cdiv(t, chunk)
     i, f = i.contiguous(), f.contiguous()
-    g, a = (torch.empty(bh, nc, device=i.device, dtype=torch.float32) for _ in range(2))
+    g, a, m_chunk, decay = (torch.empty(bh, nc, device=i.device, dtype=torch.float32) for _ in range(4))
     _gate_chunks[(nc, bh)](i, f, g, a, t, nc, CHUNK=chunk)
-    big_g = g.cumsum(-1)
-    m_chunk = big_g + torch.cummax(a - big_g, dim=-1).values.clamp(min=0.0)
-    m_prev = F.pad(m_chunk[:, :-1], (1, 0))
+    _gate_chunk_scan[(bh,)](g, a, m_chunk, nc, BLOCK=min(GATE_SCAN_BLOCK, triton.next_power_of_2(nc)))
     row, col, inter, weight, m = (torch.empty(bh, nc * chunk, device=i.device, dtype=torch.float32) for _ in range(5))
-    _gate_tokens[(nc, bh)](i, f, m_chunk, row, col, inter, weight, m, t, nc, CHUNK=chunk)
-    return dict(row=row, col=col, inter=inter, weight=weight, decay=g + m_prev - m_chunk, m=m, m_chunk=m_chunk,
-                n_chunks=nc)
+    _gate_tokens[(nc, bh)](i, f, m_chunk, row, col, inter, weight, m, decay, t, nc, CHUNK=chunk)
+    return dict(row=row, col=col, inter=inter, weight=weight, decay=decay, m=m, m_chunk=m_chunk, n_chunks=nc)
 
 
 def check_inputs(q, k, v, i, f, chunk, tile):

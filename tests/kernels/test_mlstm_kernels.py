@@ -52,9 +52,11 @@ def test_chunkwise_forward_state_and_gradients_match_reference(shape, chunk, til
 
 def test_small_blocks(monkeypatch):
     # below SCAN_MIN_PROGRAMS the scans switch to the small blocks: here 2 x 2 tiles of the state; attends with
-    # two output blocks per row (the backward's row dots then taken outside the kernel, dh . h formed by both)
+    # two output blocks per row (the backward's row dots then taken outside the kernel, dh . h formed by both);
+    # the gate stabilizers' scan over the 3 chunks in blocks of 2
     from kernels.mlstm import chunk_bwd, chunk_fwd
     xs = inputs(t=40, dqk=32, dv=32)
+    monkeypatch.setattr(chunk_fwd, "GATE_SCAN_BLOCK", 2)
     monkeypatch.setattr(chunk_fwd, "BLOCK_N", 16)
     monkeypatch.setattr(chunk_fwd, "SCAN_MIN_PROGRAMS", 10 ** 9)
     monkeypatch.setattr(chunk_fwd, "SMALL_STATE_BLOCK_K", 16)
@@ -62,7 +64,7 @@ def test_small_blocks(monkeypatch):
     for name in ("DQ_ATTEND", "DK_ATTEND", "DV_ATTEND"):
         monkeypatch.setattr(chunk_bwd, name, dict(getattr(chunk_bwd, name), bn=16))
     monkeypatch.setattr(chunk_bwd, "REV_SCAN", dict(chunk_bwd.REV_SCAN, min_programs=10 ** 9, small_bk=16,
-                                                     small_bn=16))
+                                                     small_bn=16, small_warps=4))
     leaves64 = [x.double().requires_grad_(True) for x in xs]
     golden = ref.mlstm_parallel(*leaves64)
     dh = torch.randn_like(golden)
@@ -72,6 +74,31 @@ def test_small_blocks(monkeypatch):
     assert rel(h, golden) < 1e-5
     for name, got, want in zip("qkvif", torch.autograd.grad(h, leaves, dh.float()), golden_grads):
         assert rel(got, want) < 2e-5, name
+
+
+@pytest.mark.parametrize("shift", [4.0, -1.0], ids=["slow-forgetting", "fast-forgetting"])
+def test_chunk_stabilizers_over_blocks_of_chunks(monkeypatch, shift):
+    # m_c = max(g_c + m_{c-1}, a_c) from m = 0 and the carried state's log decay g_c + m_{c-1} - m_c, in float64
+    # chunk by chunk, against `_gate_chunk_scan` taking 13 chunks in blocks of 4 (the carry, a partial block)
+    from kernels.mlstm import chunk_fwd
+    monkeypatch.setattr(chunk_fwd, "GATE_SCAN_BLOCK", 4)
+    chunk = 16
+    _, _, _, i, f = inputs(b=2, t=200, f_shift=shift)
+    i[..., :8] += 8.0  # strong early inputs: with slow forgetting the later chunks' m comes from the first
+    i, f = i.reshape(4, 200), f.reshape(4, 200)
+    gates = chunk_fwd.gate_terms(i, f, chunk)
+    pad = 13 * chunk - 200
+    log_f = torch.nn.functional.pad(torch.nn.functional.logsigmoid(f.double()), (0, pad)).view(4, 13, chunk)
+    ig = torch.nn.functional.pad(i.double(), (0, pad), value=-1e30).view(4, 13, chunk)
+    b = log_f.cumsum(-1)
+    g = b[..., -1]
+    a = (g[..., None] - b + ig).amax(-1)
+    m_prev = torch.zeros(4, dtype=F64)
+    for c in range(13):
+        m = torch.maximum(g[:, c] + m_prev, a[:, c])
+        torch.testing.assert_close(gates["m_chunk"][:, c].double(), m, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gates["decay"][:, c].double(), g[:, c] + m_prev - m, rtol=1e-5, atol=1e-5)
+        m_prev = m
 
 
 @pytest.mark.parametrize("prefetch", [False, True], ids=["in-place-loads", "prefetched-loads"])
@@ -114,6 +141,24 @@ def test_step_matches_reference_and_continues_a_prefill():
     assert rel(h, golden[..., 11, :]) < 1e-5
     for got, want in zip((c, n, m), (gc, gn, gm)):  # the same stabilizer m, so C and n scale alike
         assert rel(got, want) < 1e-5
+
+
+def test_long_forward_without_autograd_takes_long_chunks(monkeypatch):
+    from kernels.mlstm import ops
+    monkeypatch.setattr(ops, "LONG_T", 40)
+    monkeypatch.setattr(ops, "LONG_CHUNK", 32)
+    chunks = []
+    op = ops.mlstm_chunkwise_fwd_op
+    monkeypatch.setattr(ops, "mlstm_chunkwise_fwd_op", lambda *a: chunks.append(a[5]) or op(*a))
+    xs = inputs(t=40)
+    golden = ref.mlstm_parallel(*(x.double() for x in xs))
+    assert rel(mlstm_chunkwise(*xs), golden) < 1e-5
+    mlstm_chunkwise(*(x[..., :39, :] if x.dim() == 4 else x[..., :39] for x in xs))  # shorter than LONG_T
+    leaves = [x.clone().requires_grad_(True) for x in xs]
+    assert rel(mlstm_chunkwise(*leaves).detach(), golden) < 1e-5  # a backward may follow
+    with torch.no_grad():
+        mlstm_chunkwise(*leaves)
+    assert chunks == [32, ops.CHUNK, ops.CHUNK, 32]
 
 
 def test_opcheck_and_torch_compile():
