@@ -3,6 +3,7 @@ so they work under autograd and torch.compile (each op one opaque node)."""
 import torch
 import triton
 
+from kernels.mlstm import chunk_fwd
 from kernels.mlstm.chunk_bwd import mlstm_chunkwise_bwd
 from kernels.mlstm.chunk_fwd import CHUNK, mlstm_chunkwise_fwd
 from kernels.mlstm.step import mlstm_step as _step
@@ -69,17 +70,21 @@ def _(q, k, v, i, f, c, n, m):
     return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (v, c, n, m))
 
 
-# A forward that no backward follows (inference prefill) at T >= LONG_T takes chunks of LONG_CHUNK: the state scan
-# walks half as many chunks (at T=64K, B=1 it has only 256 programs, each walking every chunk) and no backward pays
-# for the longer intra-chunk products. Measured at T=64K, B=1: 2.299 against 2.428 ms; with a backward chunk 256 is
-# slower (8.128 against 7.360 ms forward+backward), and at T=8K, B=8 slower in both modes (linear.md).
+# A forward that no backward follows (inference prefill) at T >= LONG_T, with too few heads for the state scan to
+# fill the GPU at chunk CHUNK (fewer programs than chunk_fwd.SCAN_MIN_PROGRAMS), takes chunks of LONG_CHUNK: each scan
+# program walks half as many chunks, and no backward pays for the longer intra-chunk products. Measured at T=64K,
+# B=1, 8 heads: 2.277 against 2.415 ms; with a backward chunk 256 is slower (8.053 against 7.316 ms), and at T=1K
+# and 8K (B=64, 8: enough scan programs) slower in both modes (linear.md, session 4).
 LONG_T, LONG_CHUNK = 65536, 256
 
 
 def default_chunk(q, k, v, i, f):
-    """The chunk size when none is given: CHUNK, or LONG_CHUNK for a long forward without autograd."""
+    """The chunk size when none is given: CHUNK, or LONG_CHUNK for a long, few-head forward without autograd."""
+    b, h, t, dqk = q.shape
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, i, f))
-    return LONG_CHUNK if q.shape[-2] >= LONG_T and not needs_grad else CHUNK
+    blocks = triton.cdiv(dqk, chunk_fwd.STATE_BLOCK_K) * triton.cdiv(v.shape[-1], chunk_fwd.STATE_BLOCK_N)
+    few = b * h * blocks < chunk_fwd.SCAN_MIN_PROGRAMS
+    return LONG_CHUNK if t >= LONG_T and few and not needs_grad else CHUNK
 
 
 def mlstm_chunkwise(q, k, v, i, f, chunk=None, tile=None, return_state=False):
