@@ -268,23 +268,33 @@ def group_race_fla(out):
 
 # ---------------- where the time goes: each launch of our ops alone ----------------
 
-def group_mlstm_parts(out):
-    # every launch of one forward+backward, in order, with its GPU time (torch.profiler; no L2 flush)
+def profile_kernels(fn, reps=3):
+    """GPU time of every kernel of one call of fn, in order, after `reps` warm calls (torch.profiler; no L2
+    flush): [(name, ms)], and the span from the first kernel's start to the last one's end, ms."""
     import torch
     from torch.profiler import ProfilerActivity, profile
+    for _ in range(reps):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    kernels = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                     key=lambda e: e.time_range.start)
+    span = (kernels[-1].time_range.end - kernels[0].time_range.start) / 1e3 if kernels else 0.0
+    return [(e.name, e.time_range.elapsed_us() / 1e3) for e in kernels], span
+
+
+def group_mlstm_parts(out):
+    # every launch of one forward+backward, in order, with its GPU time
+    import torch
     from kernels.mlstm import mlstm_chunkwise
     for t in (8192, 65536):
         xs = mlstm_inputs(t, grad=True)
         dh = torch.randn(*xs[2].shape, device="cuda", dtype=xs[2].dtype)
-        for _ in range(3):
-            torch.autograd.grad(mlstm_chunkwise(*xs), xs, dh)
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            torch.autograd.grad(mlstm_chunkwise(*xs), xs, dh)
-            torch.cuda.synchronize()
-        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-        for n, e in enumerate(sorted(kernels, key=lambda e: e.time_range.start)):
-            emit(out, table="parts", impl=f"mlstm #{n} {e.name[:60]}", T=t, ms=e.time_range.elapsed_us() / 1e3)
+        kernels, _ = profile_kernels(lambda: torch.autograd.grad(mlstm_chunkwise(*xs), xs, dh))
+        for n, (name, ms) in enumerate(kernels):
+            emit(out, table="parts", impl=f"mlstm #{n} {name[:60]}", T=t, ms=ms)
         xs = dh = None
         torch.cuda.empty_cache()
 
@@ -337,7 +347,6 @@ def _mlstm_apply(h, dq, dk, dv, scan, rscan):
     cf.TILE, cf.COL_TILE, cf.BLOCK_K, cf.BLOCK_N, cf.NUM_WARPS, cf.NUM_STAGES, cf.ATTEND_MAX_NREG, cf.PREFETCH = (
         h["tile"], h.get("col_tile"), h["bk"], h["bn"], h["warps"], h["stages"], h["maxnreg"], h.get("prefetch", False))
     cf.STATE_PREFETCH = scan.get("prefetch", False)
-    cf.STATE_VEC_DOT = scan.get("vec_dot", False)
     for d, new in ((cb.DQ_ATTEND, dq), (cb.DK_ATTEND, dk), (cb.DV_ATTEND, dv), (cb.REV_SCAN, rscan)):
         d.clear()  # the same dict objects: mlstm_record tells the attends apart by them
         d.update(new)
@@ -418,17 +427,29 @@ def _mlstm_verify(out, label):
     emit(out, table="check", what=f"mlstm {label}: 3 runs B=8 T=8192, largest difference (h, grads)", rel_err=worst)
     xs = h = dh = runs = None
     torch.cuda.empty_cache()
-    g = torch.Generator(device=dev).manual_seed(3)
-    lo = [torch.randn(1, 8, 2048, d, generator=g, device=dev).bfloat16().requires_grad_(True) for d in (256, 256, 512)]
-    lo += [torch.randn(1, 8, 2048, generator=g, device=dev).requires_grad_(True),
-           (torch.randn(1, 8, 2048, generator=g, device=dev) + 3).requires_grad_(True)]
+    for name, err in mlstm_grad_errors(torch.Generator(device=dev).manual_seed(3), 8, 2048):
+        what = "h" if name == "h" else f"grad {name}"
+        emit(out, table="check", what=f"mlstm {label}: {what} bf16 B=1 T=2048", rel_err=err)
+
+
+def mlstm_grad_errors(g, heads, t, chunk=None):
+    """mlstm_chunkwise on bf16 inputs (B=1, 7B head sizes) against fp32 autograd of the reference on the same
+    bf16-rounded inputs (against the unrounded ones it is no test: a few hundred tokens sit near the normalizer's
+    |q.n| = exp(-m) switch, and rounding the inputs alone moves the exact dq, dk by ~16%, measured in float64 on
+    the CPU): [(name, relative error)] for h, dq, dk, dv, di, df."""
+    import torch
+    from baselines import mlstm as mref
+    from kernels.mlstm import mlstm_chunkwise
+    dev = g.device
+    lo = [torch.randn(1, heads, t, d, generator=g, device=dev).bfloat16().requires_grad_(True) for d in (256, 256, 512)]
+    lo += [torch.randn(1, heads, t, generator=g, device=dev).requires_grad_(True),
+           (torch.randn(1, heads, t, generator=g, device=dev) + 3).requires_grad_(True)]
     xs = [x.detach().float().requires_grad_(True) for x in lo]
     ref = mref.mlstm_chunkwise(*xs, chunk=64)[0]
     dh = torch.randn_like(ref).bfloat16()
-    mine = mlstm_chunkwise(*lo)
-    emit(out, table="check", what=f"mlstm {label}: h bf16 B=1 T=2048", rel_err=rel(mine, ref))
-    for name, a, b in zip("qkvif", torch.autograd.grad(mine, lo, dh), torch.autograd.grad(ref, xs, dh.float())):
-        emit(out, table="check", what=f"mlstm {label}: grad d{name} bf16 B=1 T=2048", rel_err=rel(a, b))
+    mine = mlstm_chunkwise(*lo, chunk=chunk)
+    grads = zip(torch.autograd.grad(mine, lo, dh), torch.autograd.grad(ref, xs, dh.float()))
+    return [("h", rel(mine, ref))] + [(f"d{name}", rel(a, b)) for name, (a, b) in zip("qkvif", grads)]
 
 
 def group_mlstm_verify(out):
@@ -513,25 +534,9 @@ def group_mlstm_next(out):
 
 def group_race_parts(out):
     # every launch of one forward (no grad: what the fwd rows time) and of one forward+backward, in order,
-    # with its GPU time (torch.profiler; no L2 flush), at 4M and 256K
+    # with its GPU time, at 4M and 256K
     import torch
-    from torch.profiler import ProfilerActivity, profile
     from kernels.race import race_causal
-
-    def profile_kernels(fn, reps=3):
-        # GPU time of every kernel of one call, in order, after `reps` warm calls; and the span from the
-        # first kernel's start to the last one's end
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            fn()
-            torch.cuda.synchronize()
-        kernels = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
-                         key=lambda e: e.time_range.start)
-        span = (kernels[-1].time_range.end - kernels[0].time_range.start) / 1e3 if kernels else 0.0
-        return [(e.name, e.time_range.elapsed_us() / 1e3) for e in kernels], span
-
     for p, n_tables in RACE_PL:
         for t in RACE_PARTS_T:
             xs = race_inputs(t, p, n_tables, grad=True)
@@ -668,23 +673,10 @@ def group_check(out):
         ref = mref.mlstm_chunkwise(q, k, v, i, f, chunk=64)[0].float()
         emit(out, table="check", what=f"mlstm fwd bf16 T={t} chunk={chunk}",
              rel_err=rel(mlstm_chunkwise(q, k, v, i, f, chunk=chunk), ref))
-    # Gradients: the reference (fp32 autograd) runs on the same bf16-rounded inputs as the kernel.
-    # (Against the unrounded fp32 inputs it is no test: with random q, k a few hundred tokens sit
-    # near the |q.n| = exp(-m) switch of the normalizer, and rounding the inputs alone moves the
-    # exact dq, dk by ~16%: measured in float64 on the CPU.)
+    # gradients against fp32 autograd of the reference on the same bf16-rounded inputs
     t = 1024
-    lo = [torch.randn(1, 2, t, 256, generator=g, device="cuda").bfloat16(),
-          torch.randn(1, 2, t, 256, generator=g, device="cuda").bfloat16(),
-          torch.randn(1, 2, t, 512, generator=g, device="cuda").bfloat16(),
-          torch.randn(1, 2, t, generator=g, device="cuda"), torch.randn(1, 2, t, generator=g, device="cuda") + 3]
-    lo = [x.requires_grad_(True) for x in lo]
-    xs = [x.detach().float().requires_grad_(True) for x in lo]
-    ref = mref.mlstm_chunkwise(*xs, chunk=64)[0]
-    dh = torch.randn_like(ref).bfloat16()
-    ref_grads = torch.autograd.grad(ref, xs, dh.float())
-    mine = torch.autograd.grad(mlstm_chunkwise(*lo, chunk=128), lo, dh)
-    for name, a, b in zip("qkvif", mine, ref_grads):
-        emit(out, table="check", what=f"mlstm grad d{name} bf16 T={t} chunk=128", rel_err=rel(a, b))
+    for name, err in mlstm_grad_errors(g, 2, t, chunk=128)[1:]:
+        emit(out, table="check", what=f"mlstm grad {name} bf16 T={t} chunk=128", rel_err=err)
     # RACE forward and gradients against the fp32 chunked reference
     for p, n_tables in RACE_PL:
         for t in (4096, 70001):

@@ -48,15 +48,15 @@ def mlstm_chunkwise_bwd(dh, q, k, v, i, f, h, c_states, n_states, den, s, chunk=
     gates = gate_terms(i.reshape(bh, t), f.reshape(bh, t), chunk)
     tp = gates["row"].shape[-1]
     log_den = F.pad(torch.log(den), (0, tp - t))
-    row_g = gates["row"] - log_den
+    row_g, inter_g = gates["row"] - log_den, gates["inter"] - log_den
     common = dict(chunk=chunk, tile=tile, scale=scale)
     # dq first: it also forms ds' = -(dh . h) sign(s) [|s| > exp(-m)] (= ds * den) per row, which the reverse
     # scan and the dk attend read; and the gate gradients' row dots q . dq
     ds_scaled = torch.empty(bh, tp, device=q.device, dtype=torch.float32)
-    dq, row_sums = attend(dh, v, k, c_states, n_states, row_g, gates["col"], gates["inter"] - log_den, state_t=True,
+    dq, row_sums = attend(dh, v, k, c_states, n_states, row_g, gates["col"], inter_g, state_t=True,
                           extra=ds_scaled, row_extra=True, dot_w=q, ds_from=(h, s, gates["m"]), config=DQ_ATTEND,
                           **common)
-    r_states, r_vec, _ = state_scan(q, dh, gates["inter"] - log_den, gates["decay"], chunk=chunk, reverse=True,
+    r_states, r_vec, _ = state_scan(q, dh, inter_g, gates["decay"], chunk=chunk, reverse=True,
                                     coef=ds_scaled, config=REV_SCAN)
     dk, col_sums = attend(v, dh, q, r_states, r_vec, gates["col"], row_g, gates["weight"], state_t=True,
                           reverse=True, extra=ds_scaled, col_extra=True, dot_w=k, config=DK_ATTEND, **common)

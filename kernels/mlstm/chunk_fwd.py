@@ -451,6 +451,13 @@ def attend(x, y, z, state, vec, rg, cg, rs, *, chunk, scale, config=None, tile=N
     return out, dots
 
 
+def scan_is_narrow(bh, kd, nd, config=None):
+    """Whether a state scan of bh heads (KD x ND states) would run fewer than min_programs programs with its
+    main blocks (then it takes the small ones). `config`: as for state_scan (default: the forward's)."""
+    cfg = config or fwd_scan_config()
+    return triton.cdiv(kd, min(cfg["bk"], kd)) * triton.cdiv(nd, min(cfg["bn"], nd)) * bh < cfg["min_programs"]
+
+
 def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None, config=None):
     """Launch `_chunk_state_scan`: states (BH, NC, KD, ND) in a's dtype, vec (BH, NC (+1 forward), KD) fp32,
     and in forward order the final state (BH, KD, ND) fp32 (else None). `config`: bk, bn, warps, stages,
@@ -464,7 +471,7 @@ def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None, config=Non
     final = None if reverse else torch.empty(bh, kd, nd, device=a.device, dtype=torch.float32)
     vec = torch.empty(bh, n_states, kd, device=a.device, dtype=torch.float32)
     block_k, block_n, warps = min(cfg["bk"], kd), min(cfg["bn"], nd), cfg["warps"]
-    if triton.cdiv(kd, block_k) * triton.cdiv(nd, block_n) * bh < cfg["min_programs"]:
+    if scan_is_narrow(bh, kd, nd, cfg):
         block_k, block_n, warps = min(cfg["small_bk"], kd), min(cfg["small_bn"], nd), cfg["small_warps"]
     grid = (triton.cdiv(kd, block_k), triton.cdiv(nd, block_n), bh)
     _chunk_state_scan[grid](a, b, wlog, decay, coef if coef is not None else wlog, states,

@@ -82,8 +82,7 @@ def default_chunk(q, k, v, i, f):
     """The chunk size when none is given: CHUNK, or LONG_CHUNK for a long, few-head forward without autograd."""
     b, h, t, dqk = q.shape
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, i, f))
-    blocks = triton.cdiv(dqk, chunk_fwd.STATE_BLOCK_K) * triton.cdiv(v.shape[-1], chunk_fwd.STATE_BLOCK_N)
-    few = b * h * blocks < chunk_fwd.SCAN_MIN_PROGRAMS
+    few = chunk_fwd.scan_is_narrow(b * h, dqk, v.shape[-1])
     return LONG_CHUNK if t >= LONG_T and few and not needs_grad else CHUNK
 
 
