@@ -556,47 +556,47 @@ def group_race_parts(out):
 
 
 def group_race_sweep(out):
-    # run by name: the forward's variants at 256K-4M (no grad, as the fwd rows), the host time of a call,
-    # the forward with grad (saves phi(q), den) and forward+backward variants at 4M. Every variant is the
-    # configuration of the 20:24 run (BASE; its "default" then) with the changes named; "now" is the defaults.
+    # run by name: each variant is the defaults with the changes named. The forward's variants at 256K-4M
+    # (no grad, as the fwd rows; each checked against the default's o), the host time of a call, the forward
+    # with grad (writes phi(q), phi(k), den) and forward+backward variants at 4M, and each hash source's error.
     import time
     import torch
     from kernels.race import chunk_bwd as cb, chunk_fwd as cf, race_causal
-    names_f = ("FUSED_HASH", "FUSED_HASH_WIDE", "BLOCK_V", "TARGET_PROGRAMS", "TARGET_PROGRAMS_WIDE", "NUM_STAGES",
-               "SUMS_WARPS")
+    names_f = ("SOURCE", "SOURCE_WIDE", "SCAN_READS_PHK", "BLOCK_V", "TARGET_PROGRAMS", "TARGET_PROGRAMS_WIDE",
+               "NUM_WARPS", "NUM_STAGES", "SUMS_WARPS", "HASH_ROWS", "HASH_WARPS")
     names_b = ("BWD_BLOCK_V", "BWD_BLOCK_V_WIDE", "DPHI_LOW")
     defaults = {n: getattr(cf, n) for n in names_f} | {n: getattr(cb, n) for n in names_b}
 
-    base = dict(FUSED_HASH=True, FUSED_HASH_WIDE=True, TARGET_PROGRAMS=1024, TARGET_PROGRAMS_WIDE=1024,
-                BWD_BLOCK_V=128, BWD_BLOCK_V_WIDE=64, DPHI_LOW=False)
-
-    def setup(changes, now=False):
-        for n, val in {**defaults, **({} if now else base), **changes}.items():
+    def setup(changes):
+        for n, val in {**defaults, **changes}.items():
             setattr(cf if n in names_f else cb, n, val)
 
-    unfused, programs = dict(FUSED_HASH=False, FUSED_HASH_WIDE=False), lambda n: dict(TARGET_PROGRAMS=n,
-                                                                                      TARGET_PROGRAMS_WIDE=n)
-    fwd_runs = [("default", {}), ("unfused hash", unfused), ("BV 64", dict(BLOCK_V=64)),
-                ("programs 512", programs(512)), ("programs 2048", programs(2048)),
-                ("stages 3", dict(NUM_STAGES=3)), ("sums 8 warps", dict(SUMS_WARPS=8))]
+    source = lambda src, **more: dict(SOURCE=src, SOURCE_WIDE=src, **more)  # noqa: E731
+    programs = lambda n: dict(TARGET_PROGRAMS=n, TARGET_PROGRAMS_WIDE=n)  # noqa: E731
+    fwd_runs = [("default", {}), ("hash from x", source("x")), ("hash from t", source("t")),
+                ("hash from t, scan reads phi(k)", source("t", SCAN_READS_PHK=True)), ("hash from phi", source("phi")),
+                ("programs 512", programs(512)), ("programs 2048", programs(2048)), ("BV 64", dict(BLOCK_V=64)),
+                ("stages 3", dict(NUM_STAGES=3)), ("scans 8 warps", dict(NUM_WARPS=8)),
+                ("sums 8 warps", dict(SUMS_WARPS=8)), ("hash 4 warps", dict(HASH_WARPS=4)),
+                ("hash rows 64", dict(HASH_ROWS=64))]
     for p, n_tables in RACE_PL:
         for t in RACE_SWEEP_T:
             xs = race_inputs(t, p, n_tables)
-            for label, changes in fwd_runs:
-                if label in ("stages 3", "sums 8 warps") and t != RACE_SWEEP_T[1]:
-                    continue
-                setup(changes)
-                try:
-                    with torch.no_grad():
-                        ms = bench(lambda: race_causal(*xs))
-                    emit(out, table="race", impl=f"sweep fwd {label}", P=p, L=n_tables, T=t, mode="fwd", ms=ms,
-                         bound_ms=race_bound_ms(t, "fwd"))
-                except Exception as e:  # noqa: BLE001
-                    emit(out, table="race", impl=f"sweep fwd {label}", P=p, L=n_tables, T=t, mode="fwd",
-                         error=f"{type(e).__name__}: {e}"[:300])
-            setup({}, now=True)
-            # host time of one no-grad call (enqueue only), and calls back to back without an L2 flush
             with torch.no_grad():
+                setup({})
+                want = race_causal(*xs)
+                for label, changes in fwd_runs:
+                    setup(changes)
+                    try:
+                        diff = rel(race_causal(*xs), want)
+                        ms = bench(lambda: race_causal(*xs))
+                        emit(out, table="race", impl=f"sweep fwd {label}", P=p, L=n_tables, T=t, mode="fwd", ms=ms,
+                             bound_ms=race_bound_ms(t, "fwd"), rel_diff_to_default=diff)
+                    except Exception as e:  # noqa: BLE001
+                        emit(out, table="race", impl=f"sweep fwd {label}", P=p, L=n_tables, T=t, mode="fwd",
+                             error=f"{type(e).__name__}: {e}"[:300])
+                setup({})
+                # host time of one no-grad call (enqueue only), and calls back to back without an L2 flush
                 for _ in range(5):
                     race_causal(*xs)
                 torch.cuda.synchronize()
@@ -612,16 +612,16 @@ def group_race_sweep(out):
             emit(out, table="parts", impl=f"race P{p}L{n_tables} sweep back-to-back fwd per call", T=t,
                  ms=1e3 * (t2 - t0) / n)
             lo = [x.clone().requires_grad_(True) for x in xs[:3]]
-            emit(out, table="race", impl="sweep fwd with grad (saves phi(q), den)", P=p, L=n_tables, T=t, mode="fwd",
-                 ms=bench(lambda: race_causal(*lo, xs[3])), bound_ms=race_bound_ms(t, "fwd"))
-            xs = lo = None
+            emit(out, table="race", impl="sweep fwd with grad (writes phi(q), phi(k), den)", P=p, L=n_tables, T=t,
+                 mode="fwd", ms=bench(lambda: race_causal(*lo, xs[3])), bound_ms=race_bound_ms(t, "fwd"))
+            xs = lo = want = None
             torch.cuda.empty_cache()
         t = RACE_SWEEP_T[-1]
         bwd_runs = [("default", {}), ("BWD_BLOCK_V 128", dict(BWD_BLOCK_V=128, BWD_BLOCK_V_WIDE=128)),
-                    ("BWD_BLOCK_V 64", dict(BWD_BLOCK_V=64, BWD_BLOCK_V_WIDE=64)), ("dphi low", dict(DPHI_LOW=True)),
-                    ("unfused hash", unfused), ("now", None)]
+                    ("BWD_BLOCK_V 64", dict(BWD_BLOCK_V=64, BWD_BLOCK_V_WIDE=64)), ("dphi fp32", dict(DPHI_LOW=False)),
+                    ("hash from t", source("t")), ("hash from phi", source("phi"))]
         for label, changes in bwd_runs:
-            setup(changes or {}, now=changes is None)
+            setup(changes)
             try:
                 xs = race_inputs(t, p, n_tables, grad=True)
                 do = torch.randn_like(xs[2])
@@ -633,7 +633,7 @@ def group_race_sweep(out):
                      error=f"{type(e).__name__}: {e}"[:300])
             xs = do = None
             torch.cuda.empty_cache()
-        # the gradients' error with dphi in bf16, against the fp32 reference (as in the check group)
+        # each hash source's error against the fp32 reference: o at an odd T, gradients at T=4096
         from baselines import race as rref
         q, k, v, w = race_inputs(4096, p, n_tables)
         xs = [x.float().requires_grad_(True) for x in (q, k, v)]
@@ -641,19 +641,17 @@ def group_race_sweep(out):
         ref_grads = torch.autograd.grad(rref.race_causal_chunked(*xs, w), xs, do.float())
         q7, k7, v7, w7 = race_inputs(70001, p, n_tables)
         ref7 = rref.race_causal_chunked(q7.float(), k7.float(), v7.float(), w7)
-        for fused in (True, False):
-            setup(dict(FUSED_HASH=fused, FUSED_HASH_WIDE=fused))
+        for src in ("x", "t", "phi"):
+            setup(source(src))
             with torch.no_grad():
-                emit(out, table="check", what=f"sweep race fwd T=70001 P={p} L={n_tables} fused {fused}",
+                emit(out, table="check", what=f"sweep race fwd T=70001 P={p} L={n_tables} hash from {src}",
                      rel_err=rel(race_causal(q7, k7, v7, w7), ref7))
-        q7 = k7 = v7 = ref7 = None
-        for low in (False, True):
-            setup(dict(DPHI_LOW=low))
             lo = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
             for name, a, b in zip("qkv", torch.autograd.grad(race_causal(*lo, w), lo, do), ref_grads):
-                emit(out, table="check", what=f"sweep race grad d{name} T=4096 P={p} L={n_tables} dphi low {low}",
+                emit(out, table="check", what=f"sweep race grad d{name} T=4096 P={p} L={n_tables} hash from {src}",
                      rel_err=rel(a, b))
-    setup({}, now=True)
+        q7 = k7 = v7 = ref7 = None
+    setup({})
 
 
 # ---------------- correctness on the GPU ----------------
