@@ -19,7 +19,7 @@ import time
 BANDWIDTH = 4.3e12
 MATMUL = 790e12
 MLSTM_T = (1024, 8192, 65536)  # B x T = 65,536, 8 heads, d_qk 256, d_v 512 (xLSTM 7B)
-MLSTM_CHUNKS = (128, 256)
+MLSTM_CHUNKS = (128, 256, 512)
 RACE_T = tuple(1 << e for e in (12, 14, 16, 18, 20, 22, 23, 24))  # 4K .. 16M
 RACE_PL = ((3, 3), (4, 4))
 RACE_SWEEP_T = (1 << 18, 1 << 20, 1 << 22)  # race_sweep: forward at these T, forward+backward at the last
@@ -558,11 +558,11 @@ def group_race_parts(out):
 def group_race_sweep(out):
     # run by name: each variant is the defaults with the changes named. The forward's variants at 256K-4M
     # (no grad, as the fwd rows; each checked against the default's o), the host time of a call, the forward
-    # with grad (writes phi(q), phi(k), den) and forward+backward variants at 4M, and each hash source's error.
+    # with grad (writes phi(q), phi(k), den) and forward+backward variants at 4M, and either hash placement's error.
     import time
     import torch
     from kernels.race import chunk_bwd as cb, chunk_fwd as cf, race_causal
-    names_f = ("SOURCE", "SOURCE_WIDE", "SCAN_READS_PHK", "BLOCK_V", "TARGET_PROGRAMS", "TARGET_PROGRAMS_WIDE",
+    names_f = ("FUSED_HASH", "FUSED_HASH_WIDE", "BLOCK_V", "TARGET_PROGRAMS", "TARGET_PROGRAMS_WIDE",
                "NUM_WARPS", "NUM_STAGES", "SUMS_WARPS", "HASH_ROWS", "HASH_WARPS")
     names_b = ("BWD_BLOCK_V", "BWD_BLOCK_V_WIDE", "DPHI_LOW")
     defaults = {n: getattr(cf, n) for n in names_f} | {n: getattr(cb, n) for n in names_b}
@@ -571,10 +571,9 @@ def group_race_sweep(out):
         for n, val in {**defaults, **changes}.items():
             setattr(cf if n in names_f else cb, n, val)
 
-    source = lambda src, **more: dict(SOURCE=src, SOURCE_WIDE=src, **more)  # noqa: E731
+    fused = lambda on: dict(FUSED_HASH=on, FUSED_HASH_WIDE=on)  # noqa: E731
     programs = lambda n: dict(TARGET_PROGRAMS=n, TARGET_PROGRAMS_WIDE=n)  # noqa: E731
-    fwd_runs = [("default", {}), ("hash from x", source("x")), ("hash from t", source("t")),
-                ("hash from t, scan reads phi(k)", source("t", SCAN_READS_PHK=True)), ("hash from phi", source("phi")),
+    fwd_runs = [("default", {}), ("hash in the scans", fused(True)), ("hash first", fused(False)),
                 ("programs 512", programs(512)), ("programs 2048", programs(2048)), ("BV 64", dict(BLOCK_V=64)),
                 ("stages 3", dict(NUM_STAGES=3)), ("scans 8 warps", dict(NUM_WARPS=8)),
                 ("sums 8 warps", dict(SUMS_WARPS=8)), ("hash 4 warps", dict(HASH_WARPS=4)),
@@ -619,7 +618,7 @@ def group_race_sweep(out):
         t = RACE_SWEEP_T[-1]
         bwd_runs = [("default", {}), ("BWD_BLOCK_V 128", dict(BWD_BLOCK_V=128, BWD_BLOCK_V_WIDE=128)),
                     ("BWD_BLOCK_V 64", dict(BWD_BLOCK_V=64, BWD_BLOCK_V_WIDE=64)), ("dphi fp32", dict(DPHI_LOW=False)),
-                    ("hash from t", source("t")), ("hash from phi", source("phi"))]
+                    ("hash in the scans", fused(True)), ("hash first", fused(False))]
         for label, changes in bwd_runs:
             setup(changes)
             try:
@@ -633,7 +632,7 @@ def group_race_sweep(out):
                      error=f"{type(e).__name__}: {e}"[:300])
             xs = do = None
             torch.cuda.empty_cache()
-        # each hash source's error against the fp32 reference: o at an odd T, gradients at T=4096
+        # the error of either hash placement against the fp32 reference: o at an odd T, gradients at T=4096
         from baselines import race as rref
         q, k, v, w = race_inputs(4096, p, n_tables)
         xs = [x.float().requires_grad_(True) for x in (q, k, v)]
@@ -641,14 +640,14 @@ def group_race_sweep(out):
         ref_grads = torch.autograd.grad(rref.race_causal_chunked(*xs, w), xs, do.float())
         q7, k7, v7, w7 = race_inputs(70001, p, n_tables)
         ref7 = rref.race_causal_chunked(q7.float(), k7.float(), v7.float(), w7)
-        for src in ("x", "t", "phi"):
-            setup(source(src))
+        for on in (True, False):
+            setup(fused(on))
             with torch.no_grad():
-                emit(out, table="check", what=f"sweep race fwd T=70001 P={p} L={n_tables} hash from {src}",
+                emit(out, table="check", what=f"sweep race fwd T=70001 P={p} L={n_tables} hash fused {on}",
                      rel_err=rel(race_causal(q7, k7, v7, w7), ref7))
             lo = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
             for name, a, b in zip("qkv", torch.autograd.grad(race_causal(*lo, w), lo, do), ref_grads):
-                emit(out, table="check", what=f"sweep race grad d{name} T=4096 P={p} L={n_tables} hash from {src}",
+                emit(out, table="check", what=f"sweep race grad d{name} T=4096 P={p} L={n_tables} hash fused {on}",
                      rel_err=rel(a, b))
         q7 = k7 = v7 = ref7 = None
     setup({})
@@ -663,7 +662,7 @@ def group_check(out):
     from kernels.race import race_causal
     g = torch.Generator(device="cuda").manual_seed(1)
     # mLSTM forward at 7B head sizes, and gradients against fp32 autograd of the reference
-    for t, chunk in ((2048, 64), (2048, 128), (2048, 256), (1000, 128)):
+    for t, chunk in ((2048, 64), (2048, 128), (2048, 256), (2048, 512), (1000, 128)):
         q, k = (torch.randn(1, 8, t, 256, generator=g, device="cuda").bfloat16() for _ in range(2))
         v = torch.randn(1, 8, t, 512, generator=g, device="cuda").bfloat16()
         i = torch.randn(1, 8, t, generator=g, device="cuda")
@@ -673,8 +672,9 @@ def group_check(out):
              rel_err=rel(mlstm_chunkwise(q, k, v, i, f, chunk=chunk), ref))
     # gradients against fp32 autograd of the reference on the same bf16-rounded inputs
     t = 1024
-    for name, err in mlstm_grad_errors(g, 2, t, chunk=128)[1:]:
-        emit(out, table="check", what=f"mlstm grad {name} bf16 T={t} chunk=128", rel_err=err)
+    for chunk in (128, 512):
+        for name, err in mlstm_grad_errors(g, 2, t, chunk=chunk)[1:]:
+            emit(out, table="check", what=f"mlstm grad {name} bf16 T={t} chunk={chunk}", rel_err=err)
     # RACE forward and gradients against the fp32 chunked reference
     for p, n_tables in RACE_PL:
         for t in (4096, 70001):

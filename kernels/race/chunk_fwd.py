@@ -17,10 +17,8 @@ with a fixed +-1 / 0 matrix HM: two small products per chunk of rows (`_hash_log
      block of BV value columns, hashing q on the way (phi(q) is written only when a backward will
      need it): o = (mask(phi(q) phi(k)^T) v + phi(q) B) / (rowsum(mask(phi(q) phi(k)^T)) + phi(q) . A).
 So the forward reads q, k once, v twice, and moves phi(k) twice: 5.5 tensor passes at (3,3) where the
-bound counts 4. At S >= 64 buckets ((4,4)) the output scan with the whole hash inside spills and measured
-slower, so there (`SOURCE_WIDE`) `_race_hash` runs first and writes t = tanh(x W^T) (P*L values a row, a
-quarter of phi's 64 at (4,4)); the scans finish the hash from t (one small product and an exp a chunk),
-and write phi only where a backward will read it.
+bound counts 4. At S >= 64 buckets ((4,4)) the output scan with the hash inside spills and measured
+slower, so there (`FUSED_HASH_WIDE`) `_race_hash` writes phi(q) and phi(k) first and the scans read them.
 Every product's M side (rows of its output) is a chunk or DV, at least 64, the M of one Hopper
 wgmma tile (S is 32 or 64 and would not be); the fp32 states meet bf16 data in two bf16 products
 (state = hi + lo), which keeps about 16 bits of the state.
@@ -42,15 +40,10 @@ BLOCK_V = 128  # tunable: 64, 128
 HASH_ROWS = 128  # tunable: 64, 128
 HASH_WARPS = 8  # tunable: 4, 8
 SUMS_WARPS = 4  # tunable: 4, 8
-# what the scans hash from: "x" (q and k themselves: phi(k) made in the segment sums, phi(q) in the output
-# scan), "t" (tanh(x W^T) from `_race_hash`), "phi" (phi from `_race_hash`). At S >= 64 buckets ((4,4)) the
-# output scan hashing x spills (255 registers + 80 B) and measured slower (docs/benchmarks/linear.md), so
-# there the hash runs first, and the scans keep 1024 programs
-SOURCE = "x"
-SOURCE_WIDE = "t"
-# with source "t": the output scan reads phi(k) from the segment sums (which write it) rather than
-# finishing phi(k)'s hash itself
-SCAN_READS_PHK = False
+FUSED_HASH = True  # phi(k) computed in the segment sums, phi(q) in the output scan (False: `_race_hash` first)
+# at S >= 64 buckets ((4,4)) the fused output scan spills (255 registers + 80 B) and measured slower
+# (docs/benchmarks/linear.md): there the hash runs first, and the scans keep 1024 programs
+FUSED_HASH_WIDE = False
 TARGET_PROGRAMS_WIDE = 1024
 
 
@@ -78,104 +71,69 @@ def _load_wt(w_ptr, D: tl.constexpr, P: tl.constexpr, L: tl.constexpr, P_PAD: tl
 
 
 @triton.jit
-def _log_phi(t, hm, beta):
-    """t = tanh(x W^T) (C, HW) fp32 -> (beta t, log phi (C, S), before the padded-table mask); hm in the
-    input dtype."""
-    C: tl.constexpr = t.shape[0]
-    HW: tl.constexpr = t.shape[1]
-    z = beta * t
-    lc = tl.abs(z) + tl.log(1.0 + tl.exp(-2.0 * tl.abs(z)))  # log 2cosh(z), without overflow
-    zl = tl.reshape(tl.join(z, lc), (C, 2 * HW))  # columns z_0, lc_0, z_1, lc_1, ...
-    return z, _dot_lh(zl, hm)
-
-
-@triton.jit
-def _tanh_proj(x, wt):
-    """t = tanh(x W^T), fp32."""
-    t = tl.dot(x, wt)
-    return 1.0 - 2.0 / (tl.exp(2.0 * t) + 1.0)
-
-
-@triton.jit
 def _hash_logits(x, wt, hm, beta):
     """x (C, D) -> (t = tanh(x W^T), beta t, log phi), the last (C, S) before the padded-table mask;
     wt and hm in x's dtype."""
-    t = _tanh_proj(x, wt)
-    z, logits = _log_phi(t, hm, beta)
-    return t, z, logits
+    C: tl.constexpr = x.shape[0]
+    HW: tl.constexpr = wt.shape[1]
+    t = tl.dot(x, wt)
+    t = 1.0 - 2.0 / (tl.exp(2.0 * t) + 1.0)  # tanh
+    z = beta * t
+    lc = tl.abs(z) + tl.log(1.0 + tl.exp(-2.0 * tl.abs(z)))  # log 2cosh(z), without overflow
+    zl = tl.reshape(tl.join(z, lc), (C, 2 * HW))  # columns z_0, lc_0, z_1, lc_1, ...
+    return t, z, _dot_lh(zl, hm)
 
 
 @triton.jit
-def _race_hash(x_ptr, w_ptr, hm_ptr, out_ptr, T, beta, D: tl.constexpr, ROWS: tl.constexpr, S: tl.constexpr,
-               P: tl.constexpr, L: tl.constexpr, P_PAD: tl.constexpr, L_PAD: tl.constexpr, R: tl.constexpr,
-               OUT: tl.constexpr):
-    """For ROWS rows of one batch*head: OUT "phi": phi(x), zero in the padded tables (columns >= L * R);
-    "t": t = tanh(x W^T), (ROWS, P_PAD * L_PAD), zero in the padded hyperplanes."""
+def _race_hash(x_ptr, w_ptr, hm_ptr, phi_ptr, T, beta, D: tl.constexpr, ROWS: tl.constexpr, S: tl.constexpr,
+               P: tl.constexpr, L: tl.constexpr, P_PAD: tl.constexpr, L_PAD: tl.constexpr, R: tl.constexpr):
+    """phi(x) for ROWS rows of one batch*head; zero in the padded tables (columns >= L * R)."""
     blk, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     cd, cs = tl.arange(0, D), tl.arange(0, S)
-    HW: tl.constexpr = P_PAD * L_PAD
     rows = blk * ROWS + tl.arange(0, ROWS)
     valid = rows < T
     wt = _load_wt(w_ptr, D, P, L, P_PAD, L_PAD).to(x_ptr.dtype.element_ty)
+    hm = tl.load(hm_ptr + tl.arange(0, 2 * P_PAD * L_PAD)[:, None] * S + cs[None, :]).to(x_ptr.dtype.element_ty)
     x = tl.load(x_ptr + bh * T * D + rows[:, None] * D + cd[None, :], mask=valid[:, None], other=0.0)
-    t = _tanh_proj(x, wt)
-    if OUT == "t":
-        ch = tl.arange(0, HW)
-        tl.store(out_ptr + bh * T * HW + rows[:, None] * HW + ch[None, :], t.to(out_ptr.dtype.element_ty),
-                 mask=valid[:, None])
-    else:
-        hm = tl.load(hm_ptr + tl.arange(0, 2 * HW)[:, None] * S + cs[None, :]).to(x_ptr.dtype.element_ty)
-        phi = tl.where(cs[None, :] < L * R, tl.exp(_log_phi(t, hm, beta)[1]), 0.0)
-        tl.store(out_ptr + bh * T * S + rows[:, None] * S + cs[None, :], phi.to(out_ptr.dtype.element_ty),
-                 mask=valid[:, None])
+    phi = tl.where(cs[None, :] < L * R, tl.exp(_hash_logits(x, wt, hm, beta)[2]), 0.0)
+    tl.store(phi_ptr + bh * T * S + rows[:, None] * S + cs[None, :], phi.to(phi_ptr.dtype.element_ty),
+             mask=valid[:, None])
 
 
 @triton.jit
-def _phi_chunk(src_ptr, rows, valid, wt, hm, beta, D: tl.constexpr, S: tl.constexpr, L: tl.constexpr,
-               R: tl.constexpr, SRC: tl.constexpr):
-    """phi of one chunk of rows (src_ptr at its batch*head), in the source's dtype, zero in the padded tables
-    and in rows past T, from SRC: "phi" (read), "x" (q or k, hashed here) or "t" (tanh(x W^T), hashed from
-    there; wt unused)."""
-    cs = tl.arange(0, S)
-    if SRC == "phi":
-        phi = tl.load(src_ptr + rows[:, None] * S + cs[None, :], mask=valid[:, None], other=0.0)
-    else:
-        if SRC == "x":
-            x = tl.load(src_ptr + rows[:, None] * D + tl.arange(0, D)[None, :], mask=valid[:, None], other=0.0)
-            logits = _hash_logits(x, wt, hm, beta)[2]
-        else:
-            HW: tl.constexpr = hm.shape[0] // 2
-            t = tl.load(src_ptr + rows[:, None] * HW + tl.arange(0, HW)[None, :], mask=valid[:, None], other=0.0)
-            logits = _log_phi(t.to(tl.float32), hm, beta)[1]
-        keep = valid[:, None] & (cs[None, :] < L * R)  # rows past T: zero, like a masked load of phi
-        phi = tl.where(keep, tl.exp(logits), 0.0).to(src_ptr.dtype.element_ty)
-    return phi
+def _phi_chunk(x_ptr, rows, valid, wt, hm, beta, D: tl.constexpr, S: tl.constexpr, L: tl.constexpr, R: tl.constexpr):
+    """phi of one chunk of rows of x (x_ptr at its batch*head), in x's dtype; zero in the padded tables
+    and in rows past T."""
+    x = tl.load(x_ptr + rows[:, None] * D + tl.arange(0, D)[None, :], mask=valid[:, None], other=0.0)
+    keep = valid[:, None] & (tl.arange(0, S)[None, :] < L * R)  # rows past T: zero, like a masked load of phi
+    return tl.where(keep, tl.exp(_hash_logits(x, wt, hm, beta)[2]), 0.0).to(x_ptr.dtype.element_ty)
 
 
 @triton.jit
-def _race_segment_sums(k_ptr, w_ptr, hm_ptr, phk_ptr, v_ptr, state_ptr, T, seg_len, n_seg, beta, D: tl.constexpr,
+def _race_segment_sums(x_ptr, w_ptr, hm_ptr, phk_ptr, v_ptr, state_ptr, T, seg_len, n_seg, beta, D: tl.constexpr,
                        DV: tl.constexpr, S: tl.constexpr, CHUNK: tl.constexpr, P: tl.constexpr, L: tl.constexpr,
-                       P_PAD: tl.constexpr, L_PAD: tl.constexpr, R: tl.constexpr, K_SRC: tl.constexpr,
-                       WRITE_PHK: tl.constexpr):
+                       P_PAD: tl.constexpr, L_PAD: tl.constexpr, R: tl.constexpr, HASH: tl.constexpr):
     """Per (segment, batch*head): the segment's sum of phi(k) v^T (kept as its transpose, DV x S)
-    in rows 0..DV-1 of its state and of phi(k) in row DV, fp32. phi(k) comes from k_ptr as K_SRC says
-    (`_phi_chunk`); with WRITE_PHK it is written to phk_ptr."""
+    in rows 0..DV-1 of its state and of phi(k) in row DV, fp32. With HASH, x is k: phi(k) is
+    computed here and written to phk_ptr; without, phk_ptr holds it already (x_ptr unused)."""
     seg, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    HW: tl.constexpr = P_PAD * L_PAD
     phk_ptr += bh * T * S
     v_ptr += bh * T * DV
-    k_ptr += bh * T * (S if K_SRC == "phi" else HW if K_SRC == "t" else D)
+    x_ptr += bh * T * D
     cv, cs = tl.arange(0, DV), tl.arange(0, S)
-    wt = _load_wt(w_ptr, D, P, L, P_PAD, L_PAD).to(k_ptr.dtype.element_ty)
-    hm = tl.load(hm_ptr + tl.arange(0, 2 * HW)[:, None] * S + cs[None, :]).to(k_ptr.dtype.element_ty)
+    if HASH:
+        wt = _load_wt(w_ptr, D, P, L, P_PAD, L_PAD).to(x_ptr.dtype.element_ty)
+        hm = tl.load(hm_ptr + tl.arange(0, 2 * P_PAD * L_PAD)[:, None] * S + cs[None, :]).to(x_ptr.dtype.element_ty)
     sums = tl.zeros((DV, S), tl.float32)  # (phi(k) v^T)^T: DV as the product's M side
     counts = tl.zeros((S,), tl.float32)
     for start in range(seg * seg_len, tl.minimum(T, (seg + 1) * seg_len), CHUNK):
         rows = start + tl.arange(0, CHUNK)
         valid = rows < T
-        phk = _phi_chunk(k_ptr, rows, valid, wt, hm, beta, D, S, L, R, K_SRC)
-        if WRITE_PHK:
+        if HASH:
+            phk = _phi_chunk(x_ptr, rows, valid, wt, hm, beta, D, S, L, R)
             tl.store(phk_ptr + rows[:, None] * S + cs[None, :], phk, mask=valid[:, None])
+        else:
+            phk = tl.load(phk_ptr + rows[:, None] * S + cs[None, :], mask=valid[:, None], other=0.0)
         v = tl.load(v_ptr + rows[:, None] * DV + cv[None, :], mask=valid[:, None], other=0.0)
         sums += tl.dot(tl.trans(v), phk)
         counts += tl.sum(phk.to(tl.float32), axis=0)
@@ -239,40 +197,43 @@ def _load_start(state_ptr, bh, seg, n_seg, cv, cs, DV: tl.constexpr, S: tl.const
 
 
 @triton.jit
-def _race_fwd_chunks(q_ptr, k_ptr, w_ptr, hm_ptr, phq_ptr, v_ptr, state_ptr, o_ptr, den_ptr, T, seg_len, n_seg,
+def _race_fwd_chunks(x_ptr, w_ptr, hm_ptr, phq_ptr, phk_ptr, v_ptr, state_ptr, o_ptr, den_ptr, T, seg_len, n_seg,
                      beta, D: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, S: tl.constexpr,
                      CHUNK: tl.constexpr, P: tl.constexpr, L: tl.constexpr, P_PAD: tl.constexpr,
-                     L_PAD: tl.constexpr, R: tl.constexpr, CAUSAL: tl.constexpr, Q_SRC: tl.constexpr,
-                     K_SRC: tl.constexpr, SAVE: tl.constexpr):
-    """phi(q), phi(k) come from q_ptr, k_ptr as Q_SRC, K_SRC say (`_phi_chunk`). With SAVE, the first
-    value block writes den and (unless Q_SRC is "phi") phi(q) to phq_ptr."""
+                     L_PAD: tl.constexpr, R: tl.constexpr, CAUSAL: tl.constexpr, HASH: tl.constexpr,
+                     SAVE: tl.constexpr):
+    """With HASH, x is q: phi(q) is computed here (and written to phq_ptr, with den, if SAVE, by
+    the first value block); without, phq_ptr holds it already."""
     # program (value block, segment, batch*head): the value blocks of a segment run side by side,
     # so all but the first read its q (or phi) from L2
     vb, seg, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    HW: tl.constexpr = P_PAD * L_PAD
-    q_ptr += bh * T * (S if Q_SRC == "phi" else HW if Q_SRC == "t" else D)
-    k_ptr += bh * T * (S if K_SRC == "phi" else HW if K_SRC == "t" else D)
+    x_ptr += bh * T * D
     phq_ptr += bh * T * S
+    phk_ptr += bh * T * S
     v_ptr += bh * T * DV
     o_ptr += bh * T * DV
     den_ptr += bh * T
     cv, cs = vb * BV + tl.arange(0, BV), tl.arange(0, S)
-    wt = _load_wt(w_ptr, D, P, L, P_PAD, L_PAD).to(q_ptr.dtype.element_ty)
-    hm = tl.load(hm_ptr + tl.arange(0, 2 * HW)[:, None] * S + cs[None, :]).to(q_ptr.dtype.element_ty)
+    if HASH:
+        wt = _load_wt(w_ptr, D, P, L, P_PAD, L_PAD).to(x_ptr.dtype.element_ty)
+        hm = tl.load(hm_ptr + tl.arange(0, 2 * P_PAD * L_PAD)[:, None] * S + cs[None, :]).to(x_ptr.dtype.element_ty)
     # (phi(k) v^T)^T and phi(k) before the segment
     sums, counts = _load_start(state_ptr, bh, seg, n_seg, cv, cs, DV, S, CAUSAL)
     causal = tl.arange(0, CHUNK)[:, None] >= tl.arange(0, CHUNK)[None, :]
     for start in range(seg * seg_len, tl.minimum(T, (seg + 1) * seg_len), CHUNK):
         rows = start + tl.arange(0, CHUNK)
         valid = rows < T
-        phq = _phi_chunk(q_ptr, rows, valid, wt, hm, beta, D, S, L, R, Q_SRC)
-        if SAVE and Q_SRC != "phi":
-            if vb == 0:
-                tl.store(phq_ptr + rows[:, None] * S + cs[None, :], phq, mask=valid[:, None])
+        if HASH:
+            phq = _phi_chunk(x_ptr, rows, valid, wt, hm, beta, D, S, L, R)
+            if SAVE:
+                if vb == 0:
+                    tl.store(phq_ptr + rows[:, None] * S + cs[None, :], phq, mask=valid[:, None])
+        else:
+            phq = tl.load(phq_ptr + rows[:, None] * S + cs[None, :], mask=valid[:, None], other=0.0)
         num = _dot_hl(phq, tl.trans(sums))
         den = tl.sum(phq.to(tl.float32) * counts[None, :], axis=1)
         if CAUSAL:  # the chunk's own keys; without CAUSAL, sums/counts already hold every key
-            phk = _phi_chunk(k_ptr, rows, valid, wt, hm, beta, D, S, L, R, K_SRC)
+            phk = tl.load(phk_ptr + rows[:, None] * S + cs[None, :], mask=valid[:, None], other=0.0)
             v = tl.load(v_ptr + rows[:, None] * DV + cv[None, :], mask=valid[:, None], other=0.0)
             a = tl.where(causal, tl.dot(phq, tl.trans(phk)), 0.0)
             num += tl.dot(a.to(v.dtype), v)
@@ -328,13 +289,9 @@ def check_inputs(q, k, v, w):
         raise ValueError(f"P={w.shape[1]} hyperplanes per table: at most 8 (2^P buckets per table)")
 
 
-def hash_sources(s: int, save: bool) -> tuple[str, str, bool]:
-    """At S buckets, what the scans hash from (SOURCE, SOURCE_WIDE; `_phi_chunk`'s SRC): (the source of
-    q and k, the output scan's source of phi(k), whether the segment sums write phi(k))."""
-    src = SOURCE_WIDE if s >= 64 else SOURCE
-    # phi(k) from the sums where redoing its hash in the output scan costs more: always from x
-    scan_k = "phi" if src == "x" or (src == "t" and SCAN_READS_PHK) else src
-    return src, scan_k, src != "phi" and (save or scan_k == "phi")
+def fused_hash(s: int) -> bool:
+    """Whether the scans hash (FUSED_HASH) at S buckets."""
+    return FUSED_HASH_WIDE if s >= 64 else FUSED_HASH
 
 
 def segment_length(t: int, bh: int, chunk: int, seg_chunks: int = 0, s: int = 32) -> int:
@@ -354,15 +311,15 @@ def starting_sums(x: torch.Tensor, causal: bool = True, reverse: bool = False) -
     return x.sum(1, keepdim=True) - x.cumsum(1) if reverse else x.cumsum(1) - x
 
 
-def soft_hash(x, w32, hm, consts, beta, out="phi"):
-    """By `_race_hash`, in x's dtype: phi(x) (B, H, T, S), or with out="t" t = tanh(x W^T) (B, H, T, P_PAD * L_PAD)."""
+def soft_hash(x, w32, hm, consts, beta):
+    """phi(x) (B, H, T, S) in x's dtype, by `_race_hash`."""
     b, h, t, d = x.shape
     s = consts["L_PAD"] * consts["R"]
-    y = x.new_empty(b, h, t, s if out == "phi" else consts["P_PAD"] * consts["L_PAD"])
+    phi = x.new_empty(b, h, t, s)
     rows = min(HASH_ROWS, max(16, triton.next_power_of_2(t)))
-    _race_hash[(triton.cdiv(t, rows), b * h)](x, w32, hm, y, t, beta, D=d, ROWS=rows, S=s, **consts, OUT=out,
+    _race_hash[(triton.cdiv(t, rows), b * h)](x, w32, hm, phi, t, beta, D=d, ROWS=rows, S=s, **consts,
                                               num_warps=HASH_WARPS)
-    return y
+    return phi
 
 
 def race_fwd(q, k, v, w, beta=None, chunk=None, seg_chunks=0, causal=True, save=True):
@@ -380,25 +337,26 @@ def race_fwd(q, k, v, w, beta=None, chunk=None, seg_chunks=0, causal=True, save=
     s = consts["L_PAD"] * consts["R"]
     seg_len = segment_length(t, b * h, chunk, seg_chunks, s)
     n_seg = triton.cdiv(t, seg_len)
-    src, scan_k, write_phk = hash_sources(s, save)
-    q_src, k_src = (q, k) if src == "x" else (soft_hash(q, w32, hm, consts, beta, src),
-                                               soft_hash(k, w32, hm, consts, beta, src))
-    phk = k_src if src == "phi" else k.new_empty(b, h, t, s) if write_phk else None
-    phq = q_src if src == "phi" else q.new_empty(b, h, t, s) if save else None
+    fused = fused_hash(s)
     state = torch.empty(b * h, n_seg, dv + 1, s, device=q.device, dtype=torch.float32)
     launch = dict(D=d, DV=dv, S=s, CHUNK=chunk, **consts, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-    if n_seg > 1 or not causal or write_phk:  # else the one segment starts from zero and needs no sums
-        _race_segment_sums[(n_seg, b * h)](k_src, w32, hm, v if phk is None else phk, v, state, t, seg_len, n_seg,
-                                           beta, K_SRC=src, WRITE_PHK=write_phk,
+    if fused:
+        phk = k.new_empty(b, h, t, s)
+        phq = q.new_empty(b, h, t, s) if save else phk
+        _race_segment_sums[(n_seg, b * h)](k, w32, hm, phk, v, state, t, seg_len, n_seg, beta, HASH=True,
                                            **(launch | dict(num_warps=SUMS_WARPS)))
+    else:
+        phq, phk = soft_hash(q, w32, hm, consts, beta), soft_hash(k, w32, hm, consts, beta)
+        if n_seg > 1 or not causal:
+            _race_segment_sums[(n_seg, b * h)](k, w32, hm, phk, v, state, t, seg_len, n_seg, beta, HASH=False,
+                                               **launch)
     if n_seg > 1:  # else the one segment starts from zero (causal) or reads its own sums (not)
         segment_prefix(state)
     o = torch.empty_like(v)
     den = torch.empty(b, h, t, device=q.device, dtype=torch.float32) if save else o
     bv = min(BLOCK_V, dv)
-    _race_fwd_chunks[(dv // bv, n_seg, b * h)](q_src, phk if scan_k == "phi" else k_src, w32, hm,
-                                               o if phq is None else phq, v, state, o, den, t, seg_len, n_seg, beta,
-                                               BV=bv, CAUSAL=causal, Q_SRC=src, K_SRC=scan_k, SAVE=save, **launch)
+    _race_fwd_chunks[(dv // bv, n_seg, b * h)](q, w32, hm, phq, phk, v, state, o, den, t, seg_len, n_seg, beta, BV=bv,
+                                               CAUSAL=causal, HASH=fused, SAVE=save, **launch)
     return (o, den, state, phq, phk) if save else (o, None, None, None, None)
 
 

@@ -98,20 +98,17 @@ def test_bad_shapes_are_rejected():
         race_attention(q, k, v, w[..., :8])
 
 
-@pytest.mark.parametrize("source,scan_reads_phk", [("x", True), ("t", False), ("t", True), ("phi", True)])
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("shape,chunk,seg_chunks", [
     pytest.param(dict(t=70, p=3, n_tables=3, d=32, dv=16), 16, 1, id="T70-P3L3-S32"),
     pytest.param(dict(t=45, p=4, n_tables=3, dv=32), 16, 2, id="T45-P4L3-S64"),  # S >= 64: the _WIDE settings
-    pytest.param(dict(t=30, p=4, n_tables=3, dv=32), 16, 0, id="T30-P4L3-S64-one-segment"),
 ])
-def test_every_hash_source_of_the_scans(shape, chunk, seg_chunks, causal, source, scan_reads_phk, monkeypatch):
-    # the scans hash q and k themselves ("x"), finish the hash from `_race_hash`'s tanh(x W^T) ("t": the
-    # output scan reading phi(k) from the segment sums or not), or read phi from `_race_hash`
+def test_hash_in_the_scans_or_before_them(shape, chunk, seg_chunks, causal, fused, monkeypatch):
+    # the scans hash q and k themselves (FUSED_HASH) or read phi from `_race_hash`, at S < 64 and S >= 64
     from kernels.race import chunk_fwd
-    monkeypatch.setattr(chunk_fwd, "SOURCE", source)
-    monkeypatch.setattr(chunk_fwd, "SOURCE_WIDE", source)
-    monkeypatch.setattr(chunk_fwd, "SCAN_READS_PHK", scan_reads_phk)
+    monkeypatch.setattr(chunk_fwd, "FUSED_HASH", fused)
+    monkeypatch.setattr(chunk_fwd, "FUSED_HASH_WIDE", fused)
     (q, k, v, w), golden = check_forward_and_gradients(shape, chunk, seg_chunks, causal)
     with torch.no_grad():  # the direct path: no custom op, phi(q) and den not written
         assert rel(race_attention(q, k, v, w, causal=causal, chunk=chunk, seg_chunks=seg_chunks), golden) < 1e-5
