@@ -51,6 +51,7 @@ SCAN_MIN_PROGRAMS = 256  # tunable: 0, 132, 256, 512
 SMALL_STATE_BLOCK_K = 64  # tunable: 32, 64, 128
 SMALL_STATE_BLOCK_N = 64  # tunable: 32, 64, 128
 SMALL_STATE_NUM_WARPS = 4  # tunable: 4, 8
+SHARED_MEMORY = 232448  # bytes one program may use on Hopper (H100 / H200)
 EPS = 1e-6
 
 
@@ -458,6 +459,14 @@ def scan_is_narrow(bh, kd, nd, config=None):
     return triton.cdiv(kd, min(cfg["bk"], kd)) * triton.cdiv(nd, min(cfg["bn"], nd)) * bh < cfg["min_programs"]
 
 
+def scan_stages(chunk, block_k, block_n, itemsize, stages):
+    """Pipeline stages that fit in shared memory for a scan step's whole chunk of A (BK columns) and B (BN columns).
+    Offline for sm_90a at chunks 128-512, the first stage took one chunk of both, each further one 0.52-0.68 of
+    that (counted here as 0.7): at chunk 512, 64 x 128 blocks get one stage (two need 329,728 bytes), 64 x 64 two."""
+    one = chunk * (block_k + block_n) * itemsize
+    return max(1, min(stages, 1 + int((SHARED_MEMORY - one) / (0.7 * one))))
+
+
 def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None, config=None):
     """Launch `_chunk_state_scan`: states (BH, NC, KD, ND) in a's dtype, vec (BH, NC (+1 forward), KD) fp32,
     and in forward order the final state (BH, KD, ND) fp32 (else None). `config`: bk, bn, warps, stages,
@@ -478,7 +487,7 @@ def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None, config=Non
                             states if final is None else final, vec, t, wlog.shape[-1],
                             nc, n_states, KD=kd, ND=nd, CHUNK=chunk, BK=block_k, BN=block_n, REVERSE=reverse,
                             HAS_COEF=coef is not None, PREFETCH=bool(cfg.get("prefetch")), num_warps=warps,
-                            num_stages=cfg["stages"])
+                            num_stages=scan_stages(chunk, block_k, block_n, a.element_size(), cfg["stages"]))
     return states, vec, final
 
 

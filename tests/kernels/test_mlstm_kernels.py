@@ -190,51 +190,75 @@ def test_bad_inputs_are_rejected():
         mlstm_step(q[..., 0, :], k[..., 0, :], v[..., 0, :], i[..., 0], f[..., 0], c.double(), n, m)
 
 
-_RINGS = """
+_OFFLINE = """
 import json, re, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from kernels.mlstm import chunk_fwd
-kind, stages = sys.argv[1], int(sys.argv[2])
-kd, nd = (256, 512) if kind == "h" else (512, 256)
-flags = dict(FWD=True) if kind == "h" else dict(ROW_EXTRA=True, ROW_DOT=True, ROW_DS=True)
-constexprs = dict(KD=kd, ND=nd, CHUNK=128, BR=64, BC=64, BK=64, BN=nd, REVERSE=False, FWD=False, ROW_EXTRA=False,
-                  COL_EXTRA=False, ROW_DOT=False, ROW_DS=False, PREFETCH=False)
-constexprs.update(flags, **{"st_k" if kind == "dq" else "st_n": 1})
-fn = chunk_fwd._chunk_attend
+spec = json.loads(sys.argv[1])
+fn = getattr(chunk_fwd, spec["kernel"])
 sig, consts, attrs = {}, {}, {}
 for idx, name in enumerate(fn.arg_names):
-    if name in constexprs:
-        sig[name], consts[(idx,)] = "constexpr", constexprs[name]
+    if name in spec["constexprs"]:
+        sig[name], consts[(idx,)] = "constexpr", spec["constexprs"][name]
     elif name.endswith("_ptr"):
-        bf16 = name in ("x_ptr", "y_ptr", "z_ptr", "state_ptr", "out_ptr", "dot_w_ptr", "h_ptr")
-        sig[name], attrs[(idx,)] = ("*bf16" if bf16 else "*fp32"), [["tt.divisibility", 16]]
+        sig[name], attrs[(idx,)] = ("*bf16" if name in spec["bf16"] else "*fp32"), [["tt.divisibility", 16]]
     elif name in ("scale", "eps"):
         sig[name] = "fp32"
     else:
         sig[name], attrs[(idx,)] = "i32", [["tt.divisibility", 16]]
-compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=16, num_stages=stages))
+compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32), options=spec["options"])
 rings = re.findall(r"ttg\\.local_alloc : \\(\\) -> !ttg\\.memdesc<(\\d+)x", compiled.asm["ttgir"])
-print(json.dumps([int(n) for n in rings]))
+print(json.dumps(dict(rings=[int(n) for n in rings], shared=compiled.metadata.shared)))
 """
 
 
-@pytest.mark.parametrize("kind,stages", [("h", 2), ("dq", 3)])
-def test_attend_pipeline_buffers_match_the_stages(kind, stages):
-    # Offline compile for sm_90a (no GPU needed; in a process of its own, without the interpreter). Every
-    # shared-memory ring the pipeliner allocates must hold `stages` tiles: the forward's and dq's x tile feeds a
-    # wgmma and, before the fix, also the row sums in registers; it then got stages - 1 buffers, and the next
-    # step's copy overwrote it under the running wgmma (h changed from run to run on the H200; linear.md).
+def compile_for_sm90(kernel, constexprs, bf16, **options):
+    """Compile a kernels.mlstm.chunk_fwd kernel for sm_90a offline (no GPU needed; in a process of its own, without
+    the interpreter), with the JIT's divisibility hints: {"rings": the stage counts of its shared-memory buffers,
+    "shared": its shared memory in bytes}. Skips the test where Triton cannot compile for sm_90a here."""
     import json
     import os
     import subprocess
     import sys
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _RINGS, kind, str(stages)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    spec = json.dumps(dict(kernel=kernel, constexprs=constexprs, bf16=bf16, options=options))
+    proc = subprocess.run([sys.executable, "-c", _OFFLINE, spec], capture_output=True, text=True, env=env, timeout=300)
     if proc.returncode:
         pytest.skip(f"offline sm_90a compile unavailable: {proc.stderr.strip()[-300:]}")
-    rings = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("kind,stages", [("h", 2), ("dq", 3)])
+def test_attend_pipeline_buffers_match_the_stages(kind, stages):
+    # Every shared-memory ring the pipeliner allocates must hold `stages` tiles: the forward's and dq's x tile feeds
+    # a wgmma and, before the fix, also the row sums in registers; it then got stages - 1 buffers, and the next
+    # step's copy overwrote it under the running wgmma (h changed from run to run on the H200; linear.md).
+    kd, nd = (256, 512) if kind == "h" else (512, 256)
+    constexprs = dict(KD=kd, ND=nd, CHUNK=128, BR=64, BC=64, BK=64, BN=nd, REVERSE=False, FWD=False,
+                      ROW_EXTRA=False, COL_EXTRA=False, ROW_DOT=False, ROW_DS=False, PREFETCH=False)
+    constexprs.update(dict(FWD=True) if kind == "h" else dict(ROW_EXTRA=True, ROW_DOT=True, ROW_DS=True))
+    constexprs["st_k" if kind == "dq" else "st_n"] = 1
+    bf16 = ["x_ptr", "y_ptr", "z_ptr", "state_ptr", "out_ptr", "dot_w_ptr", "h_ptr"]
+    rings = compile_for_sm90("_chunk_attend", constexprs, bf16, num_warps=16, num_stages=stages)["rings"]
     assert rings and all(n == stages for n in rings), rings
+
+
+@pytest.mark.parametrize("chunk", [256, 512])
+@pytest.mark.parametrize("scan", ["forward", "forward, small blocks", "reverse"])
+def test_state_scans_fit_in_shared_memory(chunk, scan):
+    # A scan step loads a whole chunk of A and B; at chunk 512 two pipeline stages of 64 x 128 blocks need 329,728
+    # bytes, more than a Hopper program has (OutOfResources on the H200 at 7B head sizes): `scan_stages` takes fewer.
+    from kernels.mlstm import chunk_bwd, chunk_fwd
+    cfg = chunk_bwd.REV_SCAN if scan == "reverse" else chunk_fwd.fwd_scan_config()
+    small = scan.endswith("small blocks")
+    bk, bn, warps = (cfg["small_bk"], cfg["small_bn"], cfg["small_warps"]) if small else (cfg["bk"], cfg["bn"],
+                                                                                          cfg["warps"])
+    reverse = scan == "reverse"
+    constexprs = dict(KD=256, ND=512, CHUNK=chunk, BK=bk, BN=bn, REVERSE=reverse, HAS_COEF=reverse,
+                      PREFETCH=bool(cfg.get("prefetch")))
+    stages = chunk_fwd.scan_stages(chunk, bk, bn, 2, cfg["stages"])
+    shared = compile_for_sm90("_chunk_state_scan", constexprs, ["a_ptr", "b_ptr", "states_ptr"], num_warps=warps,
+                              num_stages=stages)["shared"]
+    assert shared <= chunk_fwd.SHARED_MEMORY, (stages, shared)
