@@ -24,7 +24,7 @@ RACE_T = tuple(1 << e for e in (12, 14, 16, 18, 20, 22, 23, 24))  # 4K .. 16M
 RACE_PL = ((3, 3), (4, 4))
 RACE_SWEEP_T = (1 << 18, 1 << 20, 1 << 22)  # race_sweep: forward at these T, forward+backward at the last
 RACE_PARTS_T = (1 << 22, 1 << 18)
-GROUPS = ("check", "mlstm_ours", "race_ours", "mlstm_limit", "race_sdpa", "mlstm_xl", "mlstm_fla", "race_fla", "step",
+GROUPS = ("check", "layers", "mlstm_ours", "race_ours", "mlstm_limit", "race_sdpa", "mlstm_xl", "mlstm_fla", "race_fla", "step",
           "race_ref", "mlstm_parts", "race_parts")  # most important first: the driver stops starting groups when its budget runs out
 
 
@@ -690,6 +690,92 @@ def group_check(out):
         mine = torch.autograd.grad(race_causal(*lo, w), lo, do)
         for name, a, b in zip("qkv", mine, ref_grads):
             emit(out, table="check", what=f"race grad d{name} bf16 T=4096 P={p} L={n_tables}", rel_err=rel(a, b))
+
+
+def group_layers(out):
+    # kernels.nn's layers in bf16 on the GPU against their reference layers: the same parameters in fp32 around
+    # the baselines' chunkwise mLSTM and chunked RACE. Output, the parameters' gradients, and mLSTM decode by `step`
+    # from a prefill's state against the whole-sequence forward.
+    import copy
+    import torch
+    from baselines import mlstm as mref, race as rref
+    from kernels.nn import MLSTM, RACEAttention
+    torch.manual_seed(0)
+    x = torch.randn(1, 2048, 4096, device="cuda")
+    layer = MLSTM(dim=4096, n_heads=8, qk_dim=256, v_dim=512).cuda()  # the xLSTM-7B mixing layer's sizes
+    ref_layer, layer = copy.deepcopy(layer), layer.bfloat16()
+
+    def around(cell, layer, x):  # the layer's projections and finish around another mLSTM cell
+        q, k, v, i, f = (t.transpose(1, 2) for t in layer.project(x))
+        return layer.finish(cell(q, k, v, i, f).transpose(1, 2).to(x.dtype), x)
+
+    def reference_cell(*xs):  # fp32 math
+        return mref.mlstm_chunkwise(*(t.float() for t in xs))[0]
+
+    # the bf16 layer on the kernels, the fp32 reference layer, and the bf16 layer around the reference cell (the
+    # same bf16 activations as the kernels': what sets apart the kernels from bf16's rounding of the layer) and
+    # around mlstm_kernels' triton_limit_chunk (fp32 gates), where it is installed
+    dy = torch.randn_like(x)
+    models = {"kernels": layer, "fp32 reference": ref_layer}
+    runs = {"kernels": layer(x.bfloat16()), "fp32 reference": around(reference_cell, ref_layer, x)}
+    cells = {"bf16 around the reference cell": reference_cell}
+    try:
+        from mlstm_kernels.torch import get_mlstm_kernel
+        limit = get_mlstm_kernel("chunkwise--triton_limit_chunk")
+        cells["bf16 around triton_limit_chunk"] = lambda q, k, v, i, f: limit(q, k, v, i.float(), f.float(),
+                                                                              chunk_size=64)
+    except ImportError:
+        pass
+    for label, cell in cells.items():
+        models[label] = copy.deepcopy(layer)
+        runs[label] = around(cell, models[label], x.bfloat16())
+    for label, y in runs.items():
+        y.backward(dy.to(y.dtype))
+    pairs = [(label, "fp32 reference") for label in runs if label != "fp32 reference"]
+    pairs += [(label, "bf16 around the reference cell") for label in runs if label not in ("fp32 reference",
+                                                                                          "bf16 around the reference cell")]
+    for label, against in pairs:
+        what = f"layer MLSTM bf16 (8 heads, 256/512) T=2048, {label} against {against}:"
+        emit(out, table="check", what=f"{what} output", rel_err=rel(runs[label], runs[against]))
+        theirs = dict(models[against].named_parameters())
+        for name, param in models[label].named_parameters():
+            emit(out, table="check", what=f"{what} grad {name}", rel_err=rel(param.grad, theirs[name].grad))
+        half = layer.n_heads  # gates.bias: the input gates' biases, then the forget gates'
+        for part, sl in (("input", slice(0, half)), ("forget", slice(half, None))):
+            emit(out, table="check", what=f"{what} grad gates.bias, {part} gates",
+                 rel_err=rel(models[label].gates.bias.grad[sl], theirs["gates.bias"].grad[sl]))
+    runs = models = None
+    with torch.no_grad():  # decode: 16 steps after a prefill of 1000 tokens (not a whole number of chunks)
+        xs = x[:, :1016].bfloat16()
+        full = layer(xs)
+        _, state = layer(xs[:, :1000], return_state=True)
+        steps = []
+        for t in range(1000, 1016):
+            y_t, state = layer.step(xs[:, t], state)
+            steps.append(y_t)
+        emit(out, table="check", what="layer MLSTM bf16 16 decode steps after a 1000-token prefill vs forward",
+             rel_err=rel(torch.stack(steps, 1), full[:, 1000:]))
+    layer = ref_layer = None
+    x = torch.randn(1, 8192, 512, device="cuda")
+    for p, n_tables in RACE_PL:
+        layer = RACEAttention(dim=512, n_heads=4, p=p, n_tables=n_tables, ensembles=2).cuda()
+        ref_layer, layer = copy.deepcopy(layer), layer.bfloat16()
+
+        def race_ref_forward(x):
+            q, k, v = ref_layer.project(x)
+            outs = [rref.race_causal_chunked(q, k, v, w) for w in ref_layer.hyperplanes]
+            return ref_layer.merge(torch.stack(outs).mean(0))
+
+        dy = torch.randn_like(x)
+        y = layer(x.bfloat16())
+        want = race_ref_forward(x)
+        what = f"layer RACEAttention bf16 (4 heads of 128, P={p} L={n_tables}, 2 ensembles) T=8192"
+        emit(out, table="check", what=f"{what} output", rel_err=rel(y, want))
+        y.backward(dy.bfloat16())
+        want.backward(dy)
+        for name, param in layer.named_parameters():
+            emit(out, table="check", what=f"{what} grad {name}",
+                 rel_err=rel(param.grad, dict(ref_layer.named_parameters())[name].grad))
 
 
 # ---------------- driver ----------------
