@@ -562,21 +562,28 @@ def group_race_sweep(out):
     import time
     import torch
     from kernels.race import chunk_bwd as cb, chunk_fwd as cf, race_causal
-    names_f = ("FUSED_HASH", "FUSED_HASH_WIDE", "BLOCK_V", "TARGET_PROGRAMS", "TARGET_PROGRAMS_WIDE",
-               "NUM_WARPS", "NUM_STAGES", "SUMS_WARPS", "HASH_ROWS", "HASH_WARPS")
+    names_f = ("FUSED_HASH", "FUSED_HASH_WIDE", "SPLIT_STATE", "SPLIT_STATE_WIDE", "BLOCK_V", "TARGET_PROGRAMS", "TARGET_PROGRAMS_WIDE",
+               "NUM_WARPS", "NUM_STAGES", "NUM_STAGES_WIDE", "SUMS_WARPS", "HASH_ROWS", "HASH_WARPS", "HASH_WARPS_WIDE")
     names_b = ("BWD_BLOCK_V", "BWD_BLOCK_V_WIDE", "DPHI_LOW")
     defaults = {n: getattr(cf, n) for n in names_f} | {n: getattr(cb, n) for n in names_b}
 
-    def setup(changes):
+    def setup(changes):  # the module settings named, and race_causal's keywords ("chunk")
+        changes = dict(changes)
+        kw = dict(chunk=changes.pop("chunk", None))
         for n, val in {**defaults, **changes}.items():
             setattr(cf if n in names_f else cb, n, val)
+        return kw
 
     fused = lambda on: dict(FUSED_HASH=on, FUSED_HASH_WIDE=on)  # noqa: E731
     programs = lambda n: dict(TARGET_PROGRAMS=n, TARGET_PROGRAMS_WIDE=n)  # noqa: E731
+    hash_warps = lambda n: dict(HASH_WARPS=n, HASH_WARPS_WIDE=n)  # noqa: E731
+    stages = lambda n: dict(NUM_STAGES=n, NUM_STAGES_WIDE=n)  # noqa: E731
+    split = dict(SPLIT_STATE=True, SPLIT_STATE_WIDE=True)
     fwd_runs = [("default", {}), ("hash in the scans", fused(True)), ("hash first", fused(False)),
+                ("state in two products", split), ("chunk 32", dict(chunk=32)), ("chunk 128", dict(chunk=128)),
                 ("programs 512", programs(512)), ("programs 2048", programs(2048)), ("BV 64", dict(BLOCK_V=64)),
-                ("stages 3", dict(NUM_STAGES=3)), ("scans 8 warps", dict(NUM_WARPS=8)),
-                ("sums 8 warps", dict(SUMS_WARPS=8)), ("hash 4 warps", dict(HASH_WARPS=4)),
+                ("stages 2", stages(2)), ("stages 3", stages(3)), ("scans 8 warps", dict(NUM_WARPS=8)),
+                ("sums 8 warps", dict(SUMS_WARPS=8)), ("hash 4 warps", hash_warps(4)), ("hash 8 warps", hash_warps(8)),
                 ("hash rows 64", dict(HASH_ROWS=64))]
     for p, n_tables in RACE_PL:
         for t in RACE_SWEEP_T:
@@ -585,10 +592,10 @@ def group_race_sweep(out):
                 setup({})
                 want = race_causal(*xs)
                 for label, changes in fwd_runs:
-                    setup(changes)
+                    kw = setup(changes)
                     try:
-                        diff = rel(race_causal(*xs), want)
-                        ms = bench(lambda: race_causal(*xs))
+                        diff = rel(race_causal(*xs, **kw), want)
+                        ms = bench(lambda: race_causal(*xs, **kw))
                         emit(out, table="race", impl=f"sweep fwd {label}", P=p, L=n_tables, T=t, mode="fwd", ms=ms,
                              bound_ms=race_bound_ms(t, "fwd"), rel_diff_to_default=diff)
                     except Exception as e:  # noqa: BLE001
@@ -618,13 +625,15 @@ def group_race_sweep(out):
         t = RACE_SWEEP_T[-1]
         bwd_runs = [("default", {}), ("BWD_BLOCK_V 128", dict(BWD_BLOCK_V=128, BWD_BLOCK_V_WIDE=128)),
                     ("BWD_BLOCK_V 64", dict(BWD_BLOCK_V=64, BWD_BLOCK_V_WIDE=64)), ("dphi fp32", dict(DPHI_LOW=False)),
-                    ("hash in the scans", fused(True)), ("hash first", fused(False))]
+                    ("hash in the scans", fused(True)), ("hash first", fused(False)),
+                    ("state in two products", split), ("hash 4 warps", hash_warps(4)),
+                    ("hash 8 warps", hash_warps(8)), ("stages 2", stages(2)), ("stages 3", stages(3))]
         for label, changes in bwd_runs:
-            setup(changes)
+            kw = setup(changes)
             try:
                 xs = race_inputs(t, p, n_tables, grad=True)
                 do = torch.randn_like(xs[2])
-                ms = bench(lambda: torch.autograd.grad(race_causal(*xs), xs[:3], do))
+                ms = bench(lambda: torch.autograd.grad(race_causal(*xs, **kw), xs[:3], do))
                 emit(out, table="race", impl=f"sweep fwd+bwd {label}", P=p, L=n_tables, T=t, mode="fwd+bwd", ms=ms,
                      bound_ms=race_bound_ms(t, "fwd+bwd"))
             except Exception as e:  # noqa: BLE001
@@ -645,6 +654,10 @@ def group_race_sweep(out):
             with torch.no_grad():
                 emit(out, table="check", what=f"sweep race fwd T=70001 P={p} L={n_tables} hash fused {on}",
                      rel_err=rel(race_causal(q7, k7, v7, w7), ref7))
+            setup(dict(split, **fused(on)))
+            with torch.no_grad():
+                emit(out, table="check", what=f"sweep race fwd T=70001 P={p} L={n_tables} hash fused {on}, state in "
+                     "two products", rel_err=rel(race_causal(q7, k7, v7, w7), ref7))
             lo = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
             for name, a, b in zip("qkv", torch.autograd.grad(race_causal(*lo, w), lo, do), ref_grads):
                 emit(out, table="check", what=f"sweep race grad d{name} T=4096 P={p} L={n_tables} hash fused {on}",

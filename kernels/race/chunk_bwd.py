@@ -160,7 +160,8 @@ def hash_bwd(x, dphi, w32, hm, consts, beta):
     dx = torch.empty_like(x)
     rows = min(chunk_fwd.HASH_ROWS, max(16, triton.next_power_of_2(t)))
     _race_hash_bwd[(triton.cdiv(t, rows), b * h)](x, w32, hm, dphi, dx, t, beta, D=d, ROWS=rows, S=dphi.shape[-1],
-                                                  **consts, PARTS=dphi.shape[0], num_warps=chunk_fwd.HASH_WARPS)
+                                                  **consts, PARTS=dphi.shape[0],
+                                                  num_warps=chunk_fwd.hash_warps(dphi.shape[-1]))
     return dx
 
 
@@ -180,7 +181,7 @@ def race_bwd(do, q, k, v, w, o, den, state, phq, phk, beta=None, chunk=None, seg
     bv = min(BWD_BLOCK_V_WIDE if s >= 64 else BWD_BLOCK_V, dv_dim)
     nv = dv_dim // bv
     launch = dict(DV=dv_dim, BV=bv, S=s, CHUNK=chunk, num_warps=BWD_WARPS,
-                  num_stages=chunk_fwd.NUM_STAGES)
+                  num_stages=chunk_fwd.scan_stages(s))
     grid = (nv, n_seg, b * h)
     # the value blocks' partial dphi, dd and E (see the module docstring)
     dphi_dtype = q.dtype if DPHI_LOW else torch.float32

@@ -20,8 +20,9 @@ So the forward reads q, k once, v twice, and moves phi(k) twice: 5.5 tensor pass
 bound counts 4. At S >= 64 buckets ((4,4)) the output scan with the hash inside spills and measured
 slower, so there (`FUSED_HASH_WIDE`) `_race_hash` writes phi(q) and phi(k) first and the scans read them.
 Every product's M side (rows of its output) is a chunk or DV, at least 64, the M of one Hopper
-wgmma tile (S is 32 or 64 and would not be); the fp32 states meet bf16 data in two bf16 products
-(state = hi + lo), which keeps about 16 bits of the state.
+wgmma tile (S is 32 or 64 and would not be). The output scan's phi(q) . state product rounds the fp32
+state to the input dtype (`SPLIT_STATE`: measured as accurate as two products, hi + lo, for a bf16 output, and
+faster); the backward's products keep the state as hi + lo (`_dot_hl`, about 16 bits).
 """
 import functools
 import math
@@ -32,19 +33,25 @@ import triton.language as tl
 
 CHUNK = 64  # tunable: 64, 128
 NUM_WARPS = 4  # tunable: 4, 8
-NUM_STAGES = 2  # tunable: 2, 3
+NUM_STAGES = 2  # tunable: 2, 3 (the forward's and the backward's scans)
+NUM_STAGES_WIDE = 3  # the same at S >= 64: 4M (4,4) forward+backward 41.7 against 43.6 ms at 2; (3,3) 34.9 against 27.6
 # programs per scan (B*H*segments): 512 measured 1-9% faster than 1024 at (3,3), a constant ~50 us that fits
 # torch's serial cumsum over the segments (since replaced by `_segment_prefix`)
 TARGET_PROGRAMS = 512  # tunable: 512, 1024, 2048
 BLOCK_V = 128  # tunable: 64, 128
 HASH_ROWS = 128  # tunable: 64, 128
-HASH_WARPS = 8  # tunable: 4, 8
+HASH_WARPS = 8  # tunable: 4, 8 (`_race_hash` and its backward)
+HASH_WARPS_WIDE = 4  # the same at S >= 64: 4M (4,4) forward+backward 43.7 against 48.0 ms at 8 (linear.md)
 SUMS_WARPS = 4  # tunable: 4, 8
 FUSED_HASH = True  # phi(k) computed in the segment sums, phi(q) in the output scan (False: `_race_hash` first)
 # at S >= 64 buckets ((4,4)) the fused output scan spills (255 registers + 80 B) and measured slower
 # (docs/benchmarks/linear.md): there the hash runs first, and the scans keep 1024 programs
 FUSED_HASH_WIDE = False
 TARGET_PROGRAMS_WIDE = 1024
+# the output scan's phi(q) . state product: the fp32 state as two input-dtype parts (about 16 bits), or one (8 bits
+# in bf16, like the output it feeds). Split, it is 2.1 of the scan's 4.7 MFLOP per chunk at S = 64, DV = 128.
+SPLIT_STATE = False
+SPLIT_STATE_WIDE = False
 
 
 @triton.jit
@@ -201,7 +208,7 @@ def _race_fwd_chunks(x_ptr, w_ptr, hm_ptr, phq_ptr, phk_ptr, v_ptr, state_ptr, o
                      beta, D: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, S: tl.constexpr,
                      CHUNK: tl.constexpr, P: tl.constexpr, L: tl.constexpr, P_PAD: tl.constexpr,
                      L_PAD: tl.constexpr, R: tl.constexpr, CAUSAL: tl.constexpr, HASH: tl.constexpr,
-                     SAVE: tl.constexpr):
+                     SAVE: tl.constexpr, SPLIT: tl.constexpr):
     """With HASH, x is q: phi(q) is computed here (and written to phq_ptr, with den, if SAVE, by
     the first value block); without, phq_ptr holds it already."""
     # program (value block, segment, batch*head): the value blocks of a segment run side by side,
@@ -230,7 +237,10 @@ def _race_fwd_chunks(x_ptr, w_ptr, hm_ptr, phq_ptr, phk_ptr, v_ptr, state_ptr, o
                     tl.store(phq_ptr + rows[:, None] * S + cs[None, :], phq, mask=valid[:, None])
         else:
             phq = tl.load(phq_ptr + rows[:, None] * S + cs[None, :], mask=valid[:, None], other=0.0)
-        num = _dot_hl(phq, tl.trans(sums))
+        if SPLIT:
+            num = _dot_hl(phq, tl.trans(sums))
+        else:
+            num = tl.dot(phq, tl.trans(sums).to(phq.dtype))
         den = tl.sum(phq.to(tl.float32) * counts[None, :], axis=1)
         if CAUSAL:  # the chunk's own keys; without CAUSAL, sums/counts already hold every key
             phk = tl.load(phk_ptr + rows[:, None] * S + cs[None, :], mask=valid[:, None], other=0.0)
@@ -311,6 +321,16 @@ def starting_sums(x: torch.Tensor, causal: bool = True, reverse: bool = False) -
     return x.sum(1, keepdim=True) - x.cumsum(1) if reverse else x.cumsum(1) - x
 
 
+def scan_stages(s: int) -> int:
+    """Pipeline stages of the scans, forward and backward, at S buckets."""
+    return NUM_STAGES_WIDE if s >= 64 else NUM_STAGES
+
+
+def hash_warps(s: int) -> int:
+    """Warps of `_race_hash` and `_race_hash_bwd` at S buckets."""
+    return HASH_WARPS_WIDE if s >= 64 else HASH_WARPS
+
+
 def soft_hash(x, w32, hm, consts, beta):
     """phi(x) (B, H, T, S) in x's dtype, by `_race_hash`."""
     b, h, t, d = x.shape
@@ -318,7 +338,7 @@ def soft_hash(x, w32, hm, consts, beta):
     phi = x.new_empty(b, h, t, s)
     rows = min(HASH_ROWS, max(16, triton.next_power_of_2(t)))
     _race_hash[(triton.cdiv(t, rows), b * h)](x, w32, hm, phi, t, beta, D=d, ROWS=rows, S=s, **consts,
-                                              num_warps=HASH_WARPS)
+                                              num_warps=hash_warps(s))
     return phi
 
 
@@ -339,7 +359,7 @@ def race_fwd(q, k, v, w, beta=None, chunk=None, seg_chunks=0, causal=True, save=
     n_seg = triton.cdiv(t, seg_len)
     fused = fused_hash(s)
     state = torch.empty(b * h, n_seg, dv + 1, s, device=q.device, dtype=torch.float32)
-    launch = dict(D=d, DV=dv, S=s, CHUNK=chunk, **consts, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+    launch = dict(D=d, DV=dv, S=s, CHUNK=chunk, **consts, num_warps=NUM_WARPS, num_stages=scan_stages(s))
     if fused:
         phk = k.new_empty(b, h, t, s)
         phq = q.new_empty(b, h, t, s) if save else phk
@@ -356,7 +376,8 @@ def race_fwd(q, k, v, w, beta=None, chunk=None, seg_chunks=0, causal=True, save=
     den = torch.empty(b, h, t, device=q.device, dtype=torch.float32) if save else o
     bv = min(BLOCK_V, dv)
     _race_fwd_chunks[(dv // bv, n_seg, b * h)](q, w32, hm, phq, phk, v, state, o, den, t, seg_len, n_seg, beta, BV=bv,
-                                               CAUSAL=causal, HASH=fused, SAVE=save, **launch)
+                                               CAUSAL=causal, HASH=fused, SAVE=save,
+                                               SPLIT=SPLIT_STATE_WIDE if s >= 64 else SPLIT_STATE, **launch)
     return (o, den, state, phq, phk) if save else (o, None, None, None, None)
 
 

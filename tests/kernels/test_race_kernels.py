@@ -141,6 +141,20 @@ def test_fp16_gradients_with_dphi_in_the_input_dtype(low, monkeypatch):
         assert rel(got, want) < 1e-2, name  # measured 1.2e-3 - 1.6e-3, either way
 
 
+@pytest.mark.parametrize("split", [True, False])
+@pytest.mark.parametrize("p,n_tables", [(3, 2), (4, 4)])  # S = 32 and S = 64 (the _WIDE settings)
+def test_fp16_forward_with_the_state_in_one_or_two_parts(split, p, n_tables, monkeypatch):
+    # SPLIT_STATE: the output scan's phi(q) . state product takes the fp32 state as two fp16 parts or one
+    from kernels.race import chunk_fwd
+    monkeypatch.setattr(chunk_fwd, "SPLIT_STATE", split)
+    monkeypatch.setattr(chunk_fwd, "SPLIT_STATE_WIDE", split)
+    q, k, v, w = inputs(t=150, p=p, n_tables=n_tables, d=32, dv=32)
+    golden = ref.race_attention(*(x.half().double() for x in (q, k, v)), w.double())
+    with torch.no_grad():
+        out = race_attention(q.half(), k.half(), v.half(), w, chunk=16, seg_chunks=2)
+    assert rel(out, golden) < 1e-3  # measured 2.5e-4 (S = 32) and 3.0e-4 (S = 64), either way
+
+
 @pytest.mark.parametrize("shape", [(2, 5, 3, 4), (3, 70, 33), (1, 1, 8)])
 def test_segment_prefix(shape):
     # the prefixes over segments (dim 1): inclusive forward (the forward's state), exclusive reverse (the
