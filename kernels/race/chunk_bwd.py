@@ -27,8 +27,8 @@ import triton
 import triton.language as tl
 
 from kernels.race import chunk_fwd
-from kernels.race.chunk_fwd import (_dot_hl, _dot_lh, _hash_logits, _load_start, _load_wt, check_inputs, hash_layout,
-                                    segment_length, segment_prefix, starting_sums)
+from kernels.race.chunk_fwd import (_dot_hl, _dot_lh, _hash_logits, _load_start, _load_wt, by_width, check_inputs,
+                                    hash_layout, segment_length, segment_prefix, starting_sums)
 
 BWD_WARPS = 4  # 8 measured 1.5-1.7x slower (docs/benchmarks/linear.md)
 BWD_BLOCK_V = 128  # 64: twice the programs, half the state each
@@ -159,9 +159,10 @@ def hash_bwd(x, dphi, w32, hm, consts, beta):
     b, h, t, d = x.shape
     dx = torch.empty_like(x)
     rows = min(chunk_fwd.HASH_ROWS, max(16, triton.next_power_of_2(t)))
-    _race_hash_bwd[(triton.cdiv(t, rows), b * h)](x, w32, hm, dphi, dx, t, beta, D=d, ROWS=rows, S=dphi.shape[-1],
-                                                  **consts, PARTS=dphi.shape[0],
-                                                  num_warps=chunk_fwd.hash_warps(dphi.shape[-1]))
+    s = dphi.shape[-1]
+    _race_hash_bwd[(triton.cdiv(t, rows), b * h)](x, w32, hm, dphi, dx, t, beta, D=d, ROWS=rows, S=s, **consts,
+                                                  PARTS=dphi.shape[0],
+                                                  num_warps=by_width(s, chunk_fwd.HASH_WARPS, chunk_fwd.HASH_WARPS_WIDE))
     return dx
 
 
@@ -178,10 +179,10 @@ def race_bwd(do, q, k, v, w, o, den, state, phq, phk, beta=None, chunk=None, seg
     n_seg = triton.cdiv(t, seg_len)
     if state.shape[1] != n_seg:
         raise ValueError(f"saved state has {state.shape[1]} segments, expected {n_seg}: same chunk/seg_chunks please")
-    bv = min(BWD_BLOCK_V_WIDE if s >= 64 else BWD_BLOCK_V, dv_dim)
+    bv = min(by_width(s, BWD_BLOCK_V, BWD_BLOCK_V_WIDE), dv_dim)
     nv = dv_dim // bv
     launch = dict(DV=dv_dim, BV=bv, S=s, CHUNK=chunk, num_warps=BWD_WARPS,
-                  num_stages=chunk_fwd.scan_stages(s))
+                  num_stages=by_width(s, chunk_fwd.NUM_STAGES, chunk_fwd.NUM_STAGES_WIDE))
     grid = (nv, n_seg, b * h)
     # the value blocks' partial dphi, dd and E (see the module docstring)
     dphi_dtype = q.dtype if DPHI_LOW else torch.float32

@@ -33,6 +33,8 @@ import triton.language as tl
 
 CHUNK = 64  # tunable: 64, 128
 NUM_WARPS = 4  # tunable: 4, 8
+# from this many buckets ((4,4)) the settings named _WIDE apply (`by_width`)
+WIDE_BUCKETS = 64
 NUM_STAGES = 2  # tunable: 2, 3 (the forward's and the backward's scans)
 NUM_STAGES_WIDE = 3  # the same at S >= 64: 4M (4,4) forward+backward 41.7 against 43.6 ms at 2; (3,3) 34.9 against 27.6
 # programs per scan (B*H*segments): 512 measured 1-9% faster than 1024 at (3,3), a constant ~50 us that fits
@@ -299,16 +301,10 @@ def check_inputs(q, k, v, w):
         raise ValueError(f"P={w.shape[1]} hyperplanes per table: at most 8 (2^P buckets per table)")
 
 
-def fused_hash(s: int) -> bool:
-    """Whether the scans hash (FUSED_HASH) at S buckets."""
-    return FUSED_HASH_WIDE if s >= 64 else FUSED_HASH
-
-
 def segment_length(t: int, bh: int, chunk: int, seg_chunks: int = 0, s: int = 32) -> int:
-    """Tokens per segment: enough segments that B*H*segments ~ TARGET_PROGRAMS (TARGET_PROGRAMS_WIDE at
-    S >= 64 buckets), whole chunks each."""
+    """Tokens per segment: enough segments that B*H*segments ~ TARGET_PROGRAMS (`by_width`), whole chunks each."""
     if seg_chunks <= 0:
-        programs = TARGET_PROGRAMS_WIDE if s >= 64 else TARGET_PROGRAMS
+        programs = by_width(s, TARGET_PROGRAMS, TARGET_PROGRAMS_WIDE)
         seg_chunks = triton.cdiv(triton.cdiv(t, chunk), max(1, programs // bh))
     return seg_chunks * chunk
 
@@ -321,14 +317,9 @@ def starting_sums(x: torch.Tensor, causal: bool = True, reverse: bool = False) -
     return x.sum(1, keepdim=True) - x.cumsum(1) if reverse else x.cumsum(1) - x
 
 
-def scan_stages(s: int) -> int:
-    """Pipeline stages of the scans, forward and backward, at S buckets."""
-    return NUM_STAGES_WIDE if s >= 64 else NUM_STAGES
-
-
-def hash_warps(s: int) -> int:
-    """Warps of `_race_hash` and `_race_hash_bwd` at S buckets."""
-    return HASH_WARPS_WIDE if s >= 64 else HASH_WARPS
+def by_width(s: int, narrow, wide):
+    """A setting at S buckets: its _WIDE value from WIDE_BUCKETS up ((4,4)), else the plain one."""
+    return wide if s >= WIDE_BUCKETS else narrow
 
 
 def soft_hash(x, w32, hm, consts, beta):
@@ -338,7 +329,7 @@ def soft_hash(x, w32, hm, consts, beta):
     phi = x.new_empty(b, h, t, s)
     rows = min(HASH_ROWS, max(16, triton.next_power_of_2(t)))
     _race_hash[(triton.cdiv(t, rows), b * h)](x, w32, hm, phi, t, beta, D=d, ROWS=rows, S=s, **consts,
-                                              num_warps=hash_warps(s))
+                                              num_warps=by_width(s, HASH_WARPS, HASH_WARPS_WIDE))
     return phi
 
 
@@ -357,19 +348,18 @@ def race_fwd(q, k, v, w, beta=None, chunk=None, seg_chunks=0, causal=True, save=
     s = consts["L_PAD"] * consts["R"]
     seg_len = segment_length(t, b * h, chunk, seg_chunks, s)
     n_seg = triton.cdiv(t, seg_len)
-    fused = fused_hash(s)
+    fused = by_width(s, FUSED_HASH, FUSED_HASH_WIDE)
     state = torch.empty(b * h, n_seg, dv + 1, s, device=q.device, dtype=torch.float32)
-    launch = dict(D=d, DV=dv, S=s, CHUNK=chunk, **consts, num_warps=NUM_WARPS, num_stages=scan_stages(s))
+    launch = dict(D=d, DV=dv, S=s, CHUNK=chunk, **consts, num_warps=NUM_WARPS,
+                  num_stages=by_width(s, NUM_STAGES, NUM_STAGES_WIDE))
     if fused:
         phk = k.new_empty(b, h, t, s)
         phq = q.new_empty(b, h, t, s) if save else phk
-        _race_segment_sums[(n_seg, b * h)](k, w32, hm, phk, v, state, t, seg_len, n_seg, beta, HASH=True,
-                                           **(launch | dict(num_warps=SUMS_WARPS)))
     else:
         phq, phk = soft_hash(q, w32, hm, consts, beta), soft_hash(k, w32, hm, consts, beta)
-        if n_seg > 1 or not causal:
-            _race_segment_sums[(n_seg, b * h)](k, w32, hm, phk, v, state, t, seg_len, n_seg, beta, HASH=False,
-                                               **launch)
+    if fused or n_seg > 1 or not causal:  # fused, the sums also make phi(k); else one causal segment needs none
+        _race_segment_sums[(n_seg, b * h)](k, w32, hm, phk, v, state, t, seg_len, n_seg, beta, HASH=fused,
+                                           **(launch | dict(num_warps=SUMS_WARPS)))
     if n_seg > 1:  # else the one segment starts from zero (causal) or reads its own sums (not)
         segment_prefix(state)
     o = torch.empty_like(v)
@@ -377,7 +367,7 @@ def race_fwd(q, k, v, w, beta=None, chunk=None, seg_chunks=0, causal=True, save=
     bv = min(BLOCK_V, dv)
     _race_fwd_chunks[(dv // bv, n_seg, b * h)](q, w32, hm, phq, phk, v, state, o, den, t, seg_len, n_seg, beta, BV=bv,
                                                CAUSAL=causal, HASH=fused, SAVE=save,
-                                               SPLIT=SPLIT_STATE_WIDE if s >= 64 else SPLIT_STATE, **launch)
+                                               SPLIT=by_width(s, SPLIT_STATE, SPLIT_STATE_WIDE), **launch)
     return (o, den, state, phq, phk) if save else (o, None, None, None, None)
 
 

@@ -59,16 +59,7 @@ def test_value_blocks_split_across_programs(causal, monkeypatch):
     from kernels.race import chunk_bwd, chunk_fwd
     monkeypatch.setattr(chunk_fwd, "BLOCK_V", 16)
     monkeypatch.setattr(chunk_bwd, "BWD_BLOCK_V", 16)
-    q, k, v, w = inputs(t=45, p=3, n_tables=2, dv=32)
-    leaves64 = [x.double().requires_grad_(True) for x in (q, k, v)]
-    golden = ref.race_attention(*leaves64, w.double(), causal=causal)
-    do = torch.randn_like(golden)
-    golden_grads = torch.autograd.grad(golden, leaves64, do)
-    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
-    out = race_attention(*leaves, w, causal=causal, chunk=16, seg_chunks=1)
-    assert rel(out, golden) < 1e-5
-    for name, got, want in zip("qkv", torch.autograd.grad(out, leaves, do.float()), golden_grads):
-        assert rel(got, want) < 1e-5, name
+    check_forward_and_gradients(dict(t=45, p=3, n_tables=2, dv=32), 16, 1, causal)
 
 
 def test_seed_entry_is_causal_race():
