@@ -338,7 +338,7 @@ def _mlstm_settings():
     """The settings now in force: (h, dq, dk, dv, scan, rscan) dicts."""
     from kernels.mlstm import chunk_bwd as cb, chunk_fwd as cf
     return (cf.fwd_attend_config(), dict(cb.DQ_ATTEND), dict(cb.DK_ATTEND), dict(cb.DV_ATTEND), cf.fwd_scan_config(),
-            dict(cb.REV_SCAN))
+            dict(cb.rev_scan_config()))
 
 
 def _mlstm_apply(h, dq, dk, dv, scan, rscan):
@@ -347,7 +347,7 @@ def _mlstm_apply(h, dq, dk, dv, scan, rscan):
     cf.TILE, cf.COL_TILE, cf.BLOCK_K, cf.BLOCK_N, cf.NUM_WARPS, cf.NUM_STAGES, cf.ATTEND_MAX_NREG, cf.PREFETCH = (
         h["tile"], h.get("col_tile"), h["bk"], h["bn"], h["warps"], h["stages"], h["maxnreg"], h.get("prefetch", False))
     cf.STATE_PREFETCH = scan.get("prefetch", False)
-    for d, new in ((cb.DQ_ATTEND, dq), (cb.DK_ATTEND, dk), (cb.DV_ATTEND, dv), (cb.REV_SCAN, rscan)):
+    for d, new in ((cb.DQ_ATTEND, dq), (cb.DK_ATTEND, dk), (cb.DV_ATTEND, dv), (cb.rev_scan_config(), rscan)):
         d.clear()  # the same dict objects: mlstm_record tells the attends apart by them
         d.update(new)
     (cf.STATE_BLOCK_K, cf.STATE_BLOCK_N, cf.STATE_NUM_WARPS, cf.STATE_NUM_STAGES, cf.SCAN_MIN_PROGRAMS,
@@ -436,7 +436,7 @@ def mlstm_grad_errors(g, heads, t, chunk=None):
     """mlstm_chunkwise on bf16 inputs (B=1, 7B head sizes) against fp32 autograd of the reference on the same
     bf16-rounded inputs (against the unrounded ones it is no test: a few hundred tokens sit near the normalizer's
     |q.n| = exp(-m) switch, and rounding the inputs alone moves the exact dq, dk by ~16%, measured in float64 on
-    the CPU): [(name, relative error)] for h, dq, dk, dv, di, df."""
+    the CPU): [(name, relative error)] for h, dq, dk, dv, di, df, and df summed over the tokens per head."""
     import torch
     from baselines import mlstm as mref
     from kernels.mlstm import mlstm_chunkwise
@@ -448,8 +448,10 @@ def mlstm_grad_errors(g, heads, t, chunk=None):
     ref = mref.mlstm_chunkwise(*xs, chunk=64)[0]
     dh = torch.randn_like(ref).bfloat16()
     mine = mlstm_chunkwise(*lo, chunk=chunk)
-    grads = zip(torch.autograd.grad(mine, lo, dh), torch.autograd.grad(ref, xs, dh.float()))
-    return [("h", rel(mine, ref))] + [(f"d{name}", rel(a, b)) for name, (a, b) in zip("qkvif", grads)]
+    grads = list(zip(torch.autograd.grad(mine, lo, dh), torch.autograd.grad(ref, xs, dh.float())))
+    df, ref_df = grads[4]
+    return ([("h", rel(mine, ref))] + [(f"d{name}", rel(a, b)) for name, (a, b) in zip("qkvif", grads)]
+            + [("df summed over the tokens", rel(df.sum(-1), ref_df.sum(-1)))])
 
 
 def group_mlstm_verify(out):
@@ -530,6 +532,41 @@ def group_mlstm_next(out):
             emit(out, table="check", what=f"mlstm {label}: verify error", rel_err=float("nan"), error=str(e)[:200])
         torch.cuda.empty_cache()
     _mlstm_apply(*defaults)
+
+
+# The forget gates' gradient from the boundary states or from sums over the later chunks (chunk_bwd.py's
+# FORGET_GRAD_FROM_STATES), run by name: the reverse scan alone either way (at B=8, T=8K and B=1, T=64K), end to end
+# (forward+backward, the mlstm table's lengths), and the gradients' errors (B=1, 8 heads) at T = 2K, 16K and 64K,
+# with the per-head sum of df over the tokens (what a forget gate bias gets).
+MLSTM_FORGET_T = (2048, 16384, 65536)
+
+
+def group_mlstm_forget(out):
+    import torch
+    from kernels.mlstm import chunk_bwd as cb, mlstm_chunkwise
+    default = cb.FORGET_GRAD_FROM_STATES
+    names = {True: "boundary states", False: "sums over the later chunks"}
+    for t in (8192, 65536):
+        fn, a, kw = mlstm_record(t, None if t == 8192 else 1)["rscan"]
+        for from_states in (True, False):
+            setting = dict(kw, pair=kw["pair"] if from_states else None,
+                           config=cb.REV_SCAN_PAIRED if from_states else cb.REV_SCAN)
+            emit(out, table="parts", impl=f"mlstm reverse scan, forget gradient from {names[from_states]}", T=t,
+                 ms=bench(lambda: fn(*a, **setting), rep=25))
+        a = kw = setting = None
+        torch.cuda.empty_cache()
+    try:
+        for from_states in (True, False):
+            cb.FORGET_GRAD_FROM_STATES = from_states
+            mlstm_rows(out, f"evo mlstm_chunkwise (forget gradient from {names[from_states]})", mlstm_chunkwise)
+            for t in MLSTM_FORGET_T:
+                for name, err in mlstm_grad_errors(torch.Generator(device="cuda").manual_seed(3), 8, t):
+                    if name.startswith("df"):
+                        emit(out, table="check", what=f"mlstm forget gradient from {names[from_states]}: {name} "
+                             f"bf16 B=1 T={t}", rel_err=err)
+                torch.cuda.empty_cache()
+    finally:
+        cb.FORGET_GRAD_FROM_STATES = default
 
 
 def group_race_parts(out):

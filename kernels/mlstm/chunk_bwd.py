@@ -12,6 +12,11 @@ h_t = sum_j A_tj v_j / den_t and g = dL/dh:
          and r_c (the same with ds), made by the state scan run backwards.
   Gates: d log D_tj = dA_tj A_tj, whose row sums are q_t . dq_t and column sums k_j . dk_j, so
          di_j = k_j . dk_j and d logsigmoid(f)_t = sum_{s>=t} (q_s . dq_s - k_s . dk_s) (`_forget_grads`).
+         That sum over the rest of the sequence nearly cancels (it is the sum of dA A over the pairs j < t <= s),
+         so with FORGET_GRAD_FROM_STATES the part from the chunks after t's chunk c is taken from the states: the
+         pairs with j up to chunk c and s after it sum to scale (<C_{c+1}, R_c> + <n_{c+1}, r_c>), the forward
+         state after chunk c with the reverse state after it, which the reverse scan forms (`state_scan`'s pair).
+         Only the sum inside a chunk is then left to cancel.
 """
 import math
 
@@ -34,6 +39,19 @@ DV_ATTEND = dict(tile=64, bk=32, bn=512, warps=16, stages=4, maxnreg=None, prefe
 # blocks at every T (min_programs 0): also at T=64K, B=1, where they leave 128 programs, they measured faster than
 # 64 x 64 (1.277 against 1.313 ms, linear.md), unlike the forward scan's
 REV_SCAN = dict(bk=64, bn=128, warps=4, stages=2, prefetch=True, min_programs=0)
+# The forget gates' gradient past each chunk from the boundary states (True), or as the sum of q . dq - k . dk over
+# the later chunks (False, as mlstm_kernels and fla take it). On the H200 (bf16, B=1, 8 heads of 256 / 512) the
+# sum over the tokens of df, a forget gate bias' gradient, was 0.43 / 0.39 / 0.45% off at T = 2K / 16K / 64K from
+# the states and 3.7 / 32 / 131% off from the sums; the states cost 0.46-0.53 ms of a 6.4-7.3 ms forward+backward.
+FORGET_GRAD_FROM_STATES = True
+# the reverse scan forming the boundary products: with 64 x 128 blocks it spills (255 registers, 500 B) and took
+# 2.05 / 3.31 ms at T = 8K / 64K against 1.36 / 1.76 (64 x 64, 3 stages; 1.38 / 1.80 at 2 stages)
+REV_SCAN_PAIRED = dict(bk=64, bn=64, warps=4, stages=3, prefetch=True, min_programs=0)
+
+
+def rev_scan_config():
+    """The reverse scan's settings in force: REV_SCAN_PAIRED when it forms the boundary products, else REV_SCAN."""
+    return REV_SCAN_PAIRED if FORGET_GRAD_FROM_STATES else REV_SCAN
 
 
 def mlstm_chunkwise_bwd(dh, q, k, v, i, f, h, c_states, n_states, den, s, chunk=None, tile=None):
@@ -56,13 +74,16 @@ def mlstm_chunkwise_bwd(dh, q, k, v, i, f, h, c_states, n_states, den, s, chunk=
     dq, row_sums = attend(dh, v, k, c_states, n_states, row_g, gates["col"], inter_g, state_t=True,
                           extra=ds_scaled, row_extra=True, dot_w=q, ds_from=(h, s, gates["m"]), config=DQ_ATTEND,
                           **common)
-    r_states, r_vec, _ = state_scan(q, dh, inter_g, gates["decay"], chunk=chunk, reverse=True,
-                                    coef=ds_scaled, config=REV_SCAN)
+    from_states = FORGET_GRAD_FROM_STATES
+    r_states, r_vec, boundary = state_scan(q, dh, inter_g, gates["decay"], chunk=chunk, reverse=True,
+                                           coef=ds_scaled, pair=(c_states, n_states) if from_states else None,
+                                           config=rev_scan_config())
     dk, col_sums = attend(v, dh, q, r_states, r_vec, gates["col"], row_g, gates["weight"], state_t=True,
                           reverse=True, extra=ds_scaled, col_extra=True, dot_w=k, config=DK_ATTEND, **common)
     dv_ = attend(k, q, dh, r_states, r_vec, gates["col"], row_g, gates["weight"], reverse=True, config=DV_ATTEND,
                  **common)
-    df = forget_grads(row_sums - col_sums, f.reshape(bh, t), chunk)
+    d = row_sums - col_sums
+    df = forget_grads(d, scale * boundary if from_states else later_chunks(d, chunk), f.reshape(bh, t), chunk)
     shape = (b, nh, t)
     return (dq.view(b, nh, t, dqk), dk.view(b, nh, t, dqk), dv_.view(b, nh, t, dv),
             col_sums.view(shape).to(i.dtype), df.view(shape))
@@ -80,14 +101,20 @@ def _forget_grads(d_ptr, after_ptr, f_ptr, df_ptr, T, NC, CHUNK: tl.constexpr):
     tl.store(df_ptr + bh * T + rows, (d_log_f / (1.0 + tl.exp(f))).to(df_ptr.dtype.element_ty), mask=valid)
 
 
-def forget_grads(d, f, chunk):
-    """The forget gates' gradient from d = q . dq - k . dk (BH, T) fp32 (dL/dlog D's row minus column sums):
-    df = sigmoid(-f) times the reverse cumulative sum of d, taken per chunk (a cumulative sum over one long row
-    per head is a slow torch kernel: 85 us at T=64K, B=1)."""
+def later_chunks(d, chunk):
+    """(BH, T) -> (BH, NC): per chunk, the sum of d over the chunks after it."""
     bh, t = d.shape
     nc = triton.cdiv(t, chunk)
     totals = F.pad(d, (0, nc * chunk - t)).view(bh, nc, chunk).sum(-1)
-    after = totals.flip(-1).cumsum(-1).flip(-1) - totals
+    return totals.flip(-1).cumsum(-1).flip(-1) - totals
+
+
+def forget_grads(d, after, f, chunk):
+    """The forget gates' gradient from d = q . dq - k . dk (BH, T) fp32 (dL/dlog D's row minus column sums) and
+    after (BH, NC) fp32, the sum of d over the chunks after each chunk: df = sigmoid(-f) times d's reverse
+    cumulative sum inside the chunk plus `after`."""
+    bh, t = d.shape
+    nc = triton.cdiv(t, chunk)
     f = f.contiguous()
     df = torch.empty_like(f)
     _forget_grads[(nc, bh)](d, after, f, df, t, nc, CHUNK=chunk)

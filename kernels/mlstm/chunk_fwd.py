@@ -56,12 +56,17 @@ EPS = 1e-6
 
 
 @triton.jit
-def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, final_ptr, vec_ptr, T, TP, NC, n_states,
-                      KD: tl.constexpr, ND: tl.constexpr, CHUNK: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
-                      REVERSE: tl.constexpr, HAS_COEF: tl.constexpr, PREFETCH: tl.constexpr):
+def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, final_ptr, vec_ptr, pair_ptr,
+                      pair_vec_ptr, pair_out_ptr, T, TP, NC, n_states, KD: tl.constexpr, ND: tl.constexpr,
+                      CHUNK: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr,
+                      HAS_COEF: tl.constexpr, PREFETCH: tl.constexpr, PAIR: tl.constexpr):
     """state <- exp(decay_c) state + (A_c * exp(wlog))^T B_c and vec <- exp(decay_c) vec + sum_j A_j exp(wlog_j) coef_j,
     over chunks in order (or reversed); states[c] (in the states' dtype) is the state before chunk c is
-    absorbed; in forward order the final state goes to `final` (fp32) and vec[NC] is the final vec."""
+    absorbed; in forward order the final state goes to `final` (fp32) and vec[NC] is the final vec.
+    With PAIR (reversed): this program's part of the Frobenius products <pair[c + 1], states[c]> +
+    <pair_vec[c + 1], vec[c]> (pair: the forward's states, (BH, NC, KD, ND) and (BH, NC + 1, KD)), summed over its
+    BN columns only (a sum inside each warp: no barrier in the step), goes to pair_out[bh, pk, pn, c, :BK], from
+    the fp32 state (chunk_bwd.py: the forget gates' gradient at chunk boundaries)."""
     pk, pn, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     rk = pk * BK + tl.arange(0, BK)
     rn = pn * BN + tl.arange(0, BN)
@@ -72,6 +77,9 @@ def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, f
     decay_ptr += bh * NC
     states_ptr += bh * NC * KD * ND
     vec_ptr += bh * n_states * KD
+    pair_ptr += bh * NC * KD * ND + rk[:, None] * ND + rn[None, :]
+    pair_vec_ptr += bh * (NC + 1) * KD + rk
+    pair_out_ptr += ((bh * tl.num_programs(0) + pk) * tl.num_programs(1) + pn) * NC * BK + tl.arange(0, BK)
     state = tl.zeros((BK, BN), tl.float32)
     vec = tl.zeros((BK,), tl.float32)
     if PREFETCH:  # the next chunk's decay (and coef) loaded one step ahead: they are not in Triton's pipeline
@@ -79,6 +87,9 @@ def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, f
         decay_next = tl.load(decay_ptr + c_first)
         if HAS_COEF:
             coef_next = tl.load(coef_ptr + c_first * CHUNK + tl.arange(0, CHUNK))
+        if PAIR:  # the first step's pair[NC] is past the forward's states; its product is with a zero state
+            pair_next = tl.zeros((BK, BN), pair_ptr.dtype.element_ty)
+            pair_vec_next = tl.load(pair_vec_ptr + NC * KD)
     for step in range(NC):
         c = NC - 1 - step if REVERSE else step
         if PREFETCH:
@@ -88,10 +99,23 @@ def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, f
             if HAS_COEF:
                 coef = coef_next
                 coef_next = tl.load(coef_ptr + c_next * CHUNK + tl.arange(0, CHUNK))
+            if PAIR:  # the next step's (chunk c - 1's) pair[c]
+                pair, pair_vec = pair_next, pair_vec_next
+                pair_next = tl.load(pair_ptr + c * KD * ND)
+                pair_vec_next = tl.load(pair_vec_ptr + c * KD)
         else:
             log_decay = tl.load(decay_ptr + c)
             if HAS_COEF:
                 coef = tl.load(coef_ptr + c * CHUNK + tl.arange(0, CHUNK))
+            if PAIR:
+                last = tl.arange(0, BK) < tl.where(c + 1 < NC, BK, 0)  # a tensor mask (the interpreter takes none else)
+                pair = tl.load(pair_ptr + (c + 1) * KD * ND, mask=last[:, None], other=0.0)
+                pair_vec = tl.load(pair_vec_ptr + (c + 1) * KD)
+        if PAIR:
+            product = tl.sum(state * pair.to(tl.float32), axis=1)
+            if pn == 0:
+                product += vec * pair_vec
+            tl.store(pair_out_ptr + c * BK, product)
         tl.store(states_ptr + c * KD * ND + rk[:, None] * ND + rn[None, :], state.to(states_ptr.dtype.element_ty))
         if pn == 0:
             tl.store(vec_ptr + c * KD + rk, vec)
@@ -467,10 +491,12 @@ def scan_stages(chunk, block_k, block_n, itemsize, stages):
     return max(1, min(stages, 1 + int((SHARED_MEMORY - one) / (0.7 * one))))
 
 
-def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None, config=None):
+def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None, pair=None, config=None):
     """Launch `_chunk_state_scan`: states (BH, NC, KD, ND) in a's dtype, vec (BH, NC (+1 forward), KD) fp32,
-    and in forward order the final state (BH, KD, ND) fp32 (else None). `config`: bk, bn, warps, stages,
-    prefetch (optional), min_programs, small_bk, small_bn, small_warps (default: the forward's)."""
+    and in forward order the final state (BH, KD, ND) fp32; reversed, with pair = the forward's (states, vec),
+    the Frobenius products <pair states[c + 1], states[c]> + <pair vec[c + 1], vec[c]> (BH, NC) fp32 (else None).
+    `config`: bk, bn, warps, stages, prefetch (optional), min_programs, small_bk, small_bn, small_warps (default:
+    the forward's)."""
     cfg = config or fwd_scan_config()
     bh, t, kd = a.shape
     nd = b.shape[-1]
@@ -483,11 +509,17 @@ def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None, config=Non
     if scan_is_narrow(bh, kd, nd, cfg):
         block_k, block_n, warps = min(cfg["small_bk"], kd), min(cfg["small_bn"], nd), cfg["small_warps"]
     grid = (triton.cdiv(kd, block_k), triton.cdiv(nd, block_n), bh)
+    paired = reverse and pair is not None
+    pair_states, pair_vec = pair if paired else (states, vec)
+    products = torch.empty(bh, grid[0], grid[1], nc, block_k, device=a.device, dtype=torch.float32) if paired else vec
     _chunk_state_scan[grid](a, b, wlog, decay, coef if coef is not None else wlog, states,
-                            states if final is None else final, vec, t, wlog.shape[-1],
-                            nc, n_states, KD=kd, ND=nd, CHUNK=chunk, BK=block_k, BN=block_n, REVERSE=reverse,
-                            HAS_COEF=coef is not None, PREFETCH=bool(cfg.get("prefetch")), num_warps=warps,
+                            states if final is None else final, vec, pair_states, pair_vec, products, t,
+                            wlog.shape[-1], nc, n_states, KD=kd, ND=nd, CHUNK=chunk, BK=block_k, BN=block_n,
+                            REVERSE=reverse, HAS_COEF=coef is not None, PREFETCH=bool(cfg.get("prefetch")),
+                            PAIR=paired, num_warps=warps,
                             num_stages=scan_stages(chunk, block_k, block_n, a.element_size(), cfg["stages"]))
+    if reverse:
+        return states, vec, products.sum((1, 2, 4)) if paired else None
     return states, vec, final
 
 
