@@ -40,9 +40,10 @@ DV_ATTEND = dict(tile=64, bk=32, bn=512, warps=16, stages=4, maxnreg=None, prefe
 # 64 x 64 (1.277 against 1.313 ms, linear.md), unlike the forward scan's
 REV_SCAN = dict(bk=64, bn=128, warps=4, stages=2, prefetch=True, min_programs=0)
 # The forget gates' gradient past each chunk from the boundary states (True), or as the sum of q . dq - k . dk over
-# the later chunks (False, as mlstm_kernels and fla take it). On the H200 (bf16, B=1, 8 heads of 256 / 512) the
-# sum over the tokens of df, a forget gate bias' gradient, was 0.43 / 0.39 / 0.45% off at T = 2K / 16K / 64K from
-# the states and 3.7 / 32 / 131% off from the sums; the states cost 0.46-0.53 ms of a 6.4-7.3 ms forward+backward.
+# the later chunks (False, as mlstm_kernels and fla take it). On the H200 (bf16, B=1, 8 heads of 256 / 512; two
+# calls) the sum over the tokens of df, a forget gate bias' gradient, was 0.4-0.5% off at T = 2K, 16K and 64K from
+# the states, and 2.5-3.7 / 31-32 / 73-131% off from the sums; the states cost 0.45-0.51 ms of a 6.5-7.4 ms
+# forward+backward (linear.md, session 6).
 FORGET_GRAD_FROM_STATES = True
 # the reverse scan forming the boundary products: with 64 x 128 blocks it spills (255 registers, 500 B) and took
 # 2.05 / 3.31 ms at T = 8K / 64K against 1.36 / 1.76 (64 x 64, 3 stages; 1.38 / 1.80 at 2 stages)
