@@ -45,9 +45,11 @@ REV_SCAN = dict(bk=64, bn=128, warps=4, stages=2, prefetch=True, min_programs=0)
 # the states, and 2.5-3.7 / 31-32 / 73-131% off from the sums; the states cost 0.45-0.51 ms of a 6.5-7.4 ms
 # forward+backward (linear.md, session 6).
 FORGET_GRAD_FROM_STATES = True
-# the reverse scan forming the boundary products: with 64 x 128 blocks it spills (255 registers, 500 B) and took
-# 2.05 / 3.31 ms at T = 8K / 64K against 1.36 / 1.76 (64 x 64, 3 stages; 1.38 / 1.80 at 2 stages)
-REV_SCAN_PAIRED = dict(bk=64, bn=64, warps=4, stages=3, prefetch=True, min_programs=0)
+# the reverse scan forming the boundary products (linear.md, session 6, 01:07): 64 x 128 blocks where they make
+# enough programs (1.03 against 1.25 ms for 64 x 64 at 3 stages, T=8K, B=8); at T=64K, B=1 the 128 programs they
+# would make were slower than 256 of 64 x 64 (1.66 against 1.59 ms)
+REV_SCAN_PAIRED = dict(bk=64, bn=128, warps=4, stages=2, prefetch=True, min_programs=256, small_bk=64, small_bn=64,
+                       small_warps=4)
 
 
 def rev_scan_config():
@@ -70,8 +72,9 @@ def mlstm_chunkwise_bwd(dh, q, k, v, i, f, h, c_states, n_states, den, s, chunk=
     row_g, inter_g = gates["row"] - log_den, gates["inter"] - log_den
     common = dict(chunk=chunk, tile=tile, scale=scale)
     # dq first: it also forms ds' = -(dh . h) sign(s) [|s| > exp(-m)] (= ds * den) per row, which the reverse
-    # scan and the dk attend read; and the gate gradients' row dots q . dq
-    ds_scaled = torch.empty(bh, tp, device=q.device, dtype=torch.float32)
+    # scan and the dk attend read; and the gate gradients' row dots q . dq. Zeros: the attend writes no row tile
+    # that starts past T, and the readers weight those padding rows by zero (0 x garbage NaN is NaN)
+    ds_scaled = torch.zeros(bh, tp, device=q.device, dtype=torch.float32)
     dq, row_sums = attend(dh, v, k, c_states, n_states, row_g, gates["col"], inter_g, state_t=True,
                           extra=ds_scaled, row_extra=True, dot_w=q, ds_from=(h, s, gates["m"]), config=DQ_ATTEND,
                           **common)

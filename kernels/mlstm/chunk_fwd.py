@@ -63,10 +63,10 @@ def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, f
     """state <- exp(decay_c) state + (A_c * exp(wlog))^T B_c and vec <- exp(decay_c) vec + sum_j A_j exp(wlog_j) coef_j,
     over chunks in order (or reversed); states[c] (in the states' dtype) is the state before chunk c is
     absorbed; in forward order the final state goes to `final` (fp32) and vec[NC] is the final vec.
-    With PAIR (reversed): this program's part of the Frobenius products <pair[c + 1], states[c]> +
-    <pair_vec[c + 1], vec[c]> (pair: the forward's states, (BH, NC, KD, ND) and (BH, NC + 1, KD)), summed over its
-    BN columns only (a sum inside each warp: no barrier in the step), goes to pair_out[bh, pk, pn, c, :BK], from
-    the fp32 state (chunk_bwd.py: the forget gates' gradient at chunk boundaries)."""
+    With PAIR (reversed): this program's part of the Frobenius products <pair[c + 1], states[c]> (pair: the
+    forward's states, (BH, NC, KD, ND)), summed over its BN columns only, goes to pair_out[bh, pk, pn, c, :BK], and
+    with pn = 0, vec[c] * pair_vec[c + 1] (pair_vec: the forward's n states, (BH, NC + 1, KD)) to
+    pair_out[bh, pk, NPN, c, :BK] (chunk_bwd.py: the forget gates' gradient at chunk boundaries)."""
     pk, pn, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     rk = pk * BK + tl.arange(0, BK)
     rn = pn * BN + tl.arange(0, BN)
@@ -79,7 +79,7 @@ def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, f
     vec_ptr += bh * n_states * KD
     pair_ptr += bh * NC * KD * ND + rk[:, None] * ND + rn[None, :]
     pair_vec_ptr += bh * (NC + 1) * KD + rk
-    pair_out_ptr += ((bh * tl.num_programs(0) + pk) * tl.num_programs(1) + pn) * NC * BK + tl.arange(0, BK)
+    pair_out_ptr += ((bh * tl.num_programs(0) + pk) * (tl.num_programs(1) + 1) + pn) * NC * BK + tl.arange(0, BK)
     state = tl.zeros((BK, BN), tl.float32)
     vec = tl.zeros((BK,), tl.float32)
     if PREFETCH:  # the next chunk's decay (and coef) loaded one step ahead: they are not in Triton's pipeline
@@ -87,8 +87,7 @@ def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, f
         decay_next = tl.load(decay_ptr + c_first)
         if HAS_COEF:
             coef_next = tl.load(coef_ptr + c_first * CHUNK + tl.arange(0, CHUNK))
-        if PAIR:  # the first step's pair[NC] is past the forward's states; its product is with a zero state
-            pair_next = tl.zeros((BK, BN), pair_ptr.dtype.element_ty)
+        if PAIR:
             pair_vec_next = tl.load(pair_vec_ptr + NC * KD)
     for step in range(NC):
         c = NC - 1 - step if REVERSE else step
@@ -99,24 +98,28 @@ def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, f
             if HAS_COEF:
                 coef = coef_next
                 coef_next = tl.load(coef_ptr + c_next * CHUNK + tl.arange(0, CHUNK))
-            if PAIR:  # the next step's (chunk c - 1's) pair[c]
-                pair, pair_vec = pair_next, pair_vec_next
-                pair_next = tl.load(pair_ptr + c * KD * ND)
+            if PAIR:  # the next step's (chunk c - 1's) pair_vec[c]
+                pair_vec = pair_vec_next
                 pair_vec_next = tl.load(pair_vec_ptr + c * KD)
         else:
             log_decay = tl.load(decay_ptr + c)
             if HAS_COEF:
                 coef = tl.load(coef_ptr + c * CHUNK + tl.arange(0, CHUNK))
             if PAIR:
-                last = tl.arange(0, BK) < tl.where(c + 1 < NC, BK, 0)  # a tensor mask (the interpreter takes none else)
-                pair = tl.load(pair_ptr + (c + 1) * KD * ND, mask=last[:, None], other=0.0)
                 pair_vec = tl.load(pair_vec_ptr + (c + 1) * KD)
+        state_out = state.to(states_ptr.dtype.element_ty)
         if PAIR:
-            product = tl.sum(state * pair.to(tl.float32), axis=1)
-            if pn == 0:
-                product += vec * pair_vec
+            # the rows' products as the diagonal of state pair^T on the tensor cores: pair is then a dot operand,
+            # which Triton's pipeline loads, where a product in registers converted pair's layout through shared
+            # memory in every step (1.38 against 1.25 ms at T=8K, 64 x 64 blocks, linear.md)
+            last = tl.arange(0, BK) < tl.where(c + 1 < NC, BK, 0)  # pair[NC] is past the forward's states
+            pair = tl.load(pair_ptr + (c + 1) * KD * ND, mask=last[:, None], other=0.0)
+            rows_by_rows = tl.dot(state_out, tl.trans(pair))
+            product = tl.sum(tl.where(tl.arange(0, BK)[:, None] == tl.arange(0, BK)[None, :], rows_by_rows, 0.0), 1)
             tl.store(pair_out_ptr + c * BK, product)
-        tl.store(states_ptr + c * KD * ND + rk[:, None] * ND + rn[None, :], state.to(states_ptr.dtype.element_ty))
+            if pn == 0:  # the n states' products: a row of their own
+                tl.store(pair_out_ptr + (tl.num_programs(1) * NC + c) * BK, vec * pair_vec)
+        tl.store(states_ptr + c * KD * ND + rk[:, None] * ND + rn[None, :], state_out)
         if pn == 0:
             tl.store(vec_ptr + c * KD + rk, vec)
         rows = c * CHUNK + tl.arange(0, CHUNK)
@@ -511,7 +514,9 @@ def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None, pair=None,
     grid = (triton.cdiv(kd, block_k), triton.cdiv(nd, block_n), bh)
     paired = reverse and pair is not None
     pair_states, pair_vec = pair if paired else (states, vec)
-    products = torch.empty(bh, grid[0], grid[1], nc, block_k, device=a.device, dtype=torch.float32) if paired else vec
+    # per program and chunk its rows' products; the n states' in an extra DV block
+    products = torch.empty(bh, grid[0], grid[1] + 1, nc, block_k, device=a.device, dtype=torch.float32) if paired \
+        else vec
     _chunk_state_scan[grid](a, b, wlog, decay, coef if coef is not None else wlog, states,
                             states if final is None else final, vec, pair_states, pair_vec, products, t,
                             wlog.shape[-1], nc, n_states, KD=kd, ND=nd, CHUNK=chunk, BK=block_k, BN=block_n,
