@@ -40,14 +40,14 @@ DV_ATTEND = dict(tile=64, bk=32, bn=512, warps=16, stages=4, maxnreg=None, prefe
 # 64 x 64 (1.277 against 1.313 ms, linear.md), unlike the forward scan's
 REV_SCAN = dict(bk=64, bn=128, warps=4, stages=2, prefetch=True, min_programs=0)
 # The forget gates' gradient past each chunk from the boundary states (True), or as the sum of q . dq - k . dk over
-# the later chunks (False, as mlstm_kernels and fla take it). On the H200 (bf16, B=1, 8 heads of 256 / 512; two
-# calls) the sum over the tokens of df, a forget gate bias' gradient, was 0.4-0.5% off at T = 2K, 16K and 64K from
-# the states, and 2.5-3.7 / 31-32 / 73-131% off from the sums; the states cost 0.45-0.51 ms of a 6.5-7.4 ms
-# forward+backward (linear.md, session 6).
+# the later chunks (False, as mlstm_kernels and fla take it). On the H200 (bf16, B=1, 8 heads of 256 / 512; three
+# calls) the sum over the tokens of df, a forget gate bias' gradient, was 0.3-0.5% off at T = 2K, 16K and 64K from
+# the states, and 1.9-3.7 / 31-34 / 73-147% off from the sums; the states cost 0.14 / 0.14 / 0.27 ms of a
+# 6.5-7.3 ms forward+backward at T = 1K / 8K / 64K (linear.md, session 6).
 FORGET_GRAD_FROM_STATES = True
 # the reverse scan forming the boundary products (linear.md, session 6, 01:07): 64 x 128 blocks where they make
 # enough programs (1.03 against 1.25 ms for 64 x 64 at 3 stages, T=8K, B=8); at T=64K, B=1 the 128 programs they
-# would make were slower than 256 of 64 x 64 (1.66 against 1.59 ms)
+# would make were slower than 256 of 64 x 64 (1.66 against 1.57-1.59 ms; 64 x 32, 32 x 64: 2.27, 3.88)
 REV_SCAN_PAIRED = dict(bk=64, bn=128, warps=4, stages=2, prefetch=True, min_programs=256, small_bk=64, small_bn=64,
                        small_warps=4)
 
