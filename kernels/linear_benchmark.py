@@ -546,16 +546,16 @@ def group_mlstm_forget(out):
     from kernels.mlstm import chunk_bwd as cb, mlstm_chunkwise
     default = cb.FORGET_GRAD_FROM_STATES
     names = {True: "boundary states", False: "sums over the later chunks"}
-    for t in (8192, 65536):
-        fn, a, kw = mlstm_record(t, None if t == 8192 else 1)["rscan"]
-        for from_states in (True, False):
-            setting = dict(kw, pair=kw["pair"] if from_states else None,
-                           config=cb.REV_SCAN_PAIRED if from_states else cb.REV_SCAN)
-            emit(out, table="parts", impl=f"mlstm reverse scan, forget gradient from {names[from_states]}", T=t,
-                 ms=bench(lambda: fn(*a, **setting), rep=25))
-        a = kw = setting = None
-        torch.cuda.empty_cache()
     try:
+        for t in (8192, 65536):
+            fn, a, kw = mlstm_record(t)["rscan"]
+            for from_states in (True, False):
+                cb.FORGET_GRAD_FROM_STATES = from_states
+                setting = dict(kw, pair=kw["pair"] if from_states else None, config=cb.rev_scan_config())
+                emit(out, table="parts", impl=f"mlstm reverse scan, forget gradient from {names[from_states]}", T=t,
+                     ms=bench(lambda: fn(*a, **setting), rep=25))
+            a = kw = setting = None
+            torch.cuda.empty_cache()
         for from_states in (True, False):
             cb.FORGET_GRAD_FROM_STATES = from_states
             mlstm_rows(out, f"evo mlstm_chunkwise (forget gradient from {names[from_states]})", mlstm_chunkwise)
