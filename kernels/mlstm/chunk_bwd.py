@@ -40,9 +40,9 @@ DV_ATTEND = dict(tile=64, bk=32, bn=512, warps=16, stages=4, maxnreg=None, prefe
 # 64 x 64 (1.277 against 1.313 ms, linear.md), unlike the forward scan's
 REV_SCAN = dict(bk=64, bn=128, warps=4, stages=2, prefetch=True, min_programs=0)
 # The forget gates' gradient past each chunk from the boundary states (True), or as the sum of q . dq - k . dk over
-# the later chunks (False, as mlstm_kernels and fla take it). On the H200 (bf16, B=1, 8 heads of 256 / 512; three
-# calls) the sum over the tokens of df, a forget gate bias' gradient, was 0.3-0.5% off at T = 2K, 16K and 64K from
-# the states, and 1.9-3.7 / 31-34 / 73-147% off from the sums; the states cost 0.14 / 0.14 / 0.27 ms of a
+# the later chunks (False, as mlstm_kernels and fla take it). On the H200 (bf16, B=1, 8 heads of 256 / 512; four
+# calls) the sum over the tokens of df, a forget gate bias' gradient, was 0.3-0.7% off at T = 2K, 16K and 64K from
+# the states, and 1.9-4.2 / 27-34 / 73-205% off from the sums; the states cost 0.14 / 0.14 / 0.27 ms of a
 # 6.5-7.3 ms forward+backward at T = 1K / 8K / 64K (linear.md, session 6).
 FORGET_GRAD_FROM_STATES = True
 # the reverse scan forming the boundary products (linear.md, session 6, 01:07): 64 x 128 blocks where they make
