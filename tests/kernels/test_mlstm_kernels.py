@@ -98,6 +98,23 @@ def test_forget_gate_gradient_does_not_cancel_over_the_sequence():
     assert rel(df.sum(-1), golden_df.sum(-1)) < 1.5e-3
 
 
+def test_forward_scan_writes_the_n_states_in_two_parts():
+    # the forward attend's q . n is a tensor-core product with n as two parts in the inputs' dtype, hi + lo: in
+    # fp16 hi alone is off by up to half an ulp (2^-11 relative), the two parts together by about 2^-22
+    from kernels.mlstm import chunk_fwd
+    q, k, v, i, f = inputs(h=2, t=70, dqk=32, dv=16)
+    k, v = (x.half().reshape(2, 70, -1) for x in (k, v))
+    gates = chunk_fwd.gate_terms(i.reshape(2, 70), f.reshape(2, 70), 16)
+    parts = torch.full((2, 5, 32, 16), float("nan"), dtype=torch.half)
+    _, n_states, _ = chunk_fwd.state_scan(k, v, gates["weight"], gates["decay"], chunk=16, parts=parts)
+    n = n_states[:, :5]
+    hi, lo = parts[..., 0].float(), parts[..., 1].float()
+    assert torch.equal(parts[..., 0], n.half())
+    assert (hi - n).abs().amax() > 1e-4 * n.abs().amax()  # hi alone would not do
+    torch.testing.assert_close(hi + lo, n, rtol=1e-6, atol=1e-7)
+    assert not parts[..., 2:].any()
+
+
 def test_forget_gradient_from_later_chunk_sums(monkeypatch):
     # FORGET_GRAD_FROM_STATES = False: the part of df from the later chunks as the sum of q . dq - k . dk over them
     from kernels.mlstm import chunk_bwd
@@ -254,14 +271,16 @@ def compile_for_sm90(kernel, constexprs, bf16, **options):
 @pytest.mark.parametrize("kind,stages", [("h", 2), ("dq", 3)])
 def test_attend_pipeline_buffers_match_the_stages(kind, stages):
     # Every shared-memory ring the pipeliner allocates must hold `stages` tiles: the forward's and dq's x tile feeds
-    # a wgmma and, before the fix, also the row sums in registers; it then got stages - 1 buffers, and the next
-    # step's copy overwrote it under the running wgmma (h changed from run to run on the H200; linear.md).
+    # wgmmas (the state product and the row dots); when it also fed the row dots in registers it got stages - 1
+    # buffers, and the next step's copy overwrote it under the running wgmma (h changed from run to run on the
+    # H200; linear.md).
     kd, nd = (256, 512) if kind == "h" else (512, 256)
     constexprs = dict(KD=kd, ND=nd, CHUNK=128, BR=64, BC=64, BK=64, BN=nd, REVERSE=False, FWD=False,
                       ROW_EXTRA=False, COL_EXTRA=False, ROW_DOT=False, ROW_DS=False, PREFETCH=False)
     constexprs.update(dict(FWD=True) if kind == "h" else dict(ROW_EXTRA=True, ROW_DOT=True, ROW_DS=True))
     constexprs["st_k" if kind == "dq" else "st_n"] = 1
     bf16 = ["x_ptr", "y_ptr", "z_ptr", "state_ptr", "out_ptr", "dot_w_ptr", "h_ptr"]
+    bf16 += ["vec_ptr"] if kind == "h" else []  # the forward's n state parts
     rings = compile_for_sm90("_chunk_attend", constexprs, bf16, num_warps=16, num_stages=stages)["rings"]
     assert rings and all(n == stages for n in rings), rings
 
@@ -278,8 +297,8 @@ def test_state_scans_fit_in_shared_memory(chunk, scan):
     bk, bn, warps = (cfg["small_bk"], cfg["small_bn"], cfg["small_warps"]) if small else (cfg["bk"], cfg["bn"],
                                                                                           cfg["warps"])
     constexprs = dict(KD=256, ND=512, CHUNK=chunk, BK=bk, BN=bn, REVERSE=reverse, HAS_COEF=reverse,
-                      PREFETCH=bool(cfg.get("prefetch")), PAIR=paired)
+                      PREFETCH=bool(cfg.get("prefetch")), PAIR=paired, PARTS=not reverse)
     stages = chunk_fwd.scan_stages(chunk, bk, bn, 2, cfg["stages"])
-    bf16 = ["a_ptr", "b_ptr", "states_ptr", "pair_ptr"]
+    bf16 = ["a_ptr", "b_ptr", "states_ptr", "pair_ptr", "parts_ptr"]
     shared = compile_for_sm90("_chunk_state_scan", constexprs, bf16, num_warps=warps, num_stages=stages)["shared"]
     assert shared <= chunk_fwd.SHARED_MEMORY, (stages, shared)
