@@ -9,7 +9,8 @@ Three steps, none of which waits on another program:
   2. `_chunk_state_scan`: the inter-chunk recurrence C_c = exp(decay_c) C_{c-1} + (k * w)^T v,
      parallel over (DQK/BK, DV/BN) tiles of the state (fp32 in registers); stores the state
      before every chunk in the inputs' dtype (bf16 at 7B: half the bytes, a bf16 tensor-core
-     dot in step 3), and the n state in two parts of that dtype (q . n a tensor-core dot too).
+     dot in step 3); `_n_state_parts` puts the n states in two parts of that dtype (q . n a
+     tensor-core dot too).
   3. `_chunk_attend`: every (tile of BR rows in a chunk, DV block) at once: intra-chunk attention
      over the chunk's earlier column tiles (TFLA-style tiling: chunks of 64..512 as tiles of
      BR x BC, so the score tile stays in registers) plus q . C_{c-1}, then the normalizer.
@@ -57,19 +58,16 @@ EPS = 1e-6
 
 @triton.jit
 def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, final_ptr, vec_ptr, pair_ptr,
-                      pair_vec_ptr, pair_out_ptr, parts_ptr, T, TP, NC, n_states, KD: tl.constexpr,
-                      ND: tl.constexpr, CHUNK: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
-                      REVERSE: tl.constexpr, HAS_COEF: tl.constexpr, PREFETCH: tl.constexpr, PAIR: tl.constexpr,
-                      PARTS: tl.constexpr):
+                      pair_vec_ptr, pair_out_ptr, T, TP, NC, n_states, KD: tl.constexpr, ND: tl.constexpr,
+                      CHUNK: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr,
+                      HAS_COEF: tl.constexpr, PREFETCH: tl.constexpr, PAIR: tl.constexpr):
     """state <- exp(decay_c) state + (A_c * exp(wlog))^T B_c and vec <- exp(decay_c) vec + sum_j A_j exp(wlog_j) coef_j,
     over chunks in order (or reversed); states[c] (in the states' dtype) is the state before chunk c is
     absorbed; in forward order the final state goes to `final` (fp32) and vec[NC] is the final vec.
     With PAIR (reversed): this program's part of the Frobenius products <pair[c + 1], states[c]> (pair: the
     forward's states, (BH, NC, KD, ND)), summed over its BN columns only, goes to pair_out[bh, pk, pn, c, :BK], and
     with pn = 0, vec[c] * pair_vec[c + 1] (pair_vec: the forward's n states, (BH, NC + 1, KD)) to
-    pair_out[bh, pk, NPN, c, :BK] (chunk_bwd.py: the forget gates' gradient at chunk boundaries).
-    With PARTS, vec[c] also goes to parts[bh, c] (NC, KD, 16) as two parts in parts' dtype, vec = hi + lo, in
-    columns 0 and 1 (the rest 0): a dot operand for the attend's q . n."""
+    pair_out[bh, pk, NPN, c, :BK] (chunk_bwd.py: the forget gates' gradient at chunk boundaries)."""
     pk, pn, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     rk = pk * BK + tl.arange(0, BK)
     rn = pn * BN + tl.arange(0, BN)
@@ -125,12 +123,6 @@ def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, f
         tl.store(states_ptr + c * KD * ND + rk[:, None] * ND + rn[None, :], state_out)
         if pn == 0:
             tl.store(vec_ptr + c * KD + rk, vec)
-            if PARTS:
-                hi = vec.to(parts_ptr.dtype.element_ty)
-                lo = (vec - hi.to(tl.float32)).to(parts_ptr.dtype.element_ty)
-                col = tl.arange(0, 16)[None, :]
-                tl.store(parts_ptr + ((bh * NC + c) * KD + rk[:, None]) * 16 + col,
-                         tl.where(col == 0, hi[:, None], tl.where(col == 1, lo[:, None], 0.0)))
         rows = c * CHUNK + tl.arange(0, CHUNK)
         valid = rows < T
         # A_c loaded transposed and the weights put on B_c: no transpose of a register tile
@@ -174,7 +166,7 @@ def _chunk_attend(x_ptr, y_ptr, z_ptr, state_ptr, vec_ptr, rg_ptr, cg_ptr, rs_pt
     rs_ptr += bh * TP
     extra_ptr += bh * TP
     state_ptr += (bh * n_states + chunk) * KD * ND
-    vec_len: tl.constexpr = KD * 16 if FWD else ND  # FWD: the n state's parts (`_chunk_state_scan`'s PARTS)
+    vec_len: tl.constexpr = KD * 16 if FWD else ND  # FWD: the n state's parts (`n_state_parts`)
     vec_ptr += (bh * n_vec + chunk) * vec_len
     rg = tl.load(rg_ptr + rows)
     if ROW_EXTRA and not ROW_DS:
@@ -430,7 +422,7 @@ def attend(x, y, z, state, vec, rg, cg, rs, *, chunk, scale, config=None, tile=N
            extra=None, row_extra=False, col_extra=False, fwd_m=None, dot_w=None, ds_from=None):
     """Launch `_chunk_attend`; x, y (BH, T, KD), z (BH, T, ND), state (BH, n, DQK, DV) read as KD x ND
     (transposed when state_t), vec (BH, n, ND) fp32 the state's extra, or with fwd_m the n states' parts
-    (BH, NC, KD, 16) in x's dtype (`state_scan`'s parts). `config`: tile (rows per program), col_tile (optional:
+    (BH, NC, KD, 16) in x's dtype (`n_state_parts`). `config`: tile (rows per program), col_tile (optional:
     columns per step of the intra-chunk loop, <= tile; default tile), bk, bn, warps, stages, maxnreg, prefetch
     (optional, see PREFETCH) (default: the forward's); `tile` (if given) overrides the config's. Returns out
     (BH, T, ND) [, den, s when fwd_m is given] [, the fp32 row dots of out with dot_w (BH, T, ND) when given].
@@ -485,11 +477,34 @@ def scan_stages(chunk, block_k, block_n, itemsize, stages):
     return max(1, min(stages, 1 + int((SHARED_MEMORY - one) / (0.7 * one))))
 
 
-def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None, pair=None, parts=None, config=None):
+@triton.jit
+def _n_state_parts(vec_ptr, parts_ptr, n_vec, NC, KD: tl.constexpr):
+    """parts[bh, c] (KD x 16) = vec[bh, c] as hi + lo in parts' dtype, in columns 0 and 1 (the rest 0)."""
+    c, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    rk = tl.arange(0, KD)
+    vec = tl.load(vec_ptr + (bh * n_vec + c) * KD + rk)
+    hi = vec.to(parts_ptr.dtype.element_ty)
+    lo = (vec - hi.to(tl.float32)).to(parts_ptr.dtype.element_ty)
+    col = tl.arange(0, 16)[None, :]
+    tl.store(parts_ptr + ((bh * NC + c) * KD + rk[:, None]) * 16 + col,
+             tl.where(col == 0, hi[:, None], tl.where(col == 1, lo[:, None], 0.0)))
+
+
+def n_state_parts(vec, n_chunks, dtype):
+    """The n states before each chunk, vec (BH, >= NC, KD) fp32, as (BH, NC, KD, 16) in `dtype`: n = hi + lo in
+    columns 0 and 1, zeros in the rest (16: the narrowest dot), so that the forward attend's q . n is a tensor-core
+    dot keeping about 16 bits of n in bf16 (8 for hi alone). A pass of its own: written by the forward scan's
+    first DV block, it slowed the 64K scan, whose programs all run at once, by 0.06 ms (linear.md, session 7)."""
+    bh, n_vec, kd = vec.shape
+    parts = torch.empty(bh, n_chunks, kd, 16, device=vec.device, dtype=dtype)
+    _n_state_parts[(n_chunks, bh)](vec, parts, n_vec, n_chunks, KD=kd)
+    return parts
+
+
+def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None, pair=None, config=None):
     """Launch `_chunk_state_scan`: states (BH, NC, KD, ND) in a's dtype, vec (BH, NC (+1 forward), KD) fp32,
     and in forward order the final state (BH, KD, ND) fp32; reversed, with pair = the forward's (states, vec),
     the Frobenius products <pair states[c + 1], states[c]> + <pair vec[c + 1], vec[c]> (BH, NC) fp32 (else None).
-    `parts` (BH, NC, KD, 16), forward only: filled with vec[c]'s two parts (`_chunk_state_scan`'s PARTS).
     `config`: bk, bn, warps, stages, prefetch (optional), min_programs, small_bk, small_bn, small_warps (default:
     the forward's)."""
     cfg = config or fwd_scan_config()
@@ -510,11 +525,10 @@ def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None, pair=None,
     products = torch.empty(bh, grid[0], grid[1] + 1, nc, block_k, device=a.device, dtype=torch.float32) if paired \
         else vec
     _chunk_state_scan[grid](a, b, wlog, decay, coef if coef is not None else wlog, states,
-                            states if final is None else final, vec, pair_states, pair_vec, products,
-                            vec if parts is None else parts, t, wlog.shape[-1], nc, n_states, KD=kd, ND=nd,
-                            CHUNK=chunk, BK=block_k, BN=block_n, REVERSE=reverse, HAS_COEF=coef is not None,
-                            PREFETCH=bool(cfg.get("prefetch")), PAIR=paired, PARTS=parts is not None,
-                            num_warps=warps,
+                            states if final is None else final, vec, pair_states, pair_vec, products, t,
+                            wlog.shape[-1], nc, n_states, KD=kd, ND=nd, CHUNK=chunk, BK=block_k, BN=block_n,
+                            REVERSE=reverse, HAS_COEF=coef is not None, PREFETCH=bool(cfg.get("prefetch")),
+                            PAIR=paired, num_warps=warps,
                             num_stages=scan_stages(chunk, block_k, block_n, a.element_size(), cfg["stages"]))
     if reverse:
         return states, vec, products.sum((1, 2, 4)) if paired else None
@@ -532,8 +546,8 @@ def mlstm_chunkwise_fwd(q, k, v, i, f, chunk=None, tile=None):
     dv = v.shape[-1]
     q, k, v = (x.reshape(b * h, t, x.shape[-1]).contiguous() for x in (q, k, v))
     gates = gate_terms(i.reshape(b * h, t), f.reshape(b * h, t), chunk)
-    n_parts = torch.empty(b * h, gates["n_chunks"], dqk, 16, device=q.device, dtype=q.dtype)
-    c_states, n_states, c_final = state_scan(k, v, gates["weight"], gates["decay"], chunk=chunk, parts=n_parts)
+    c_states, n_states, c_final = state_scan(k, v, gates["weight"], gates["decay"], chunk=chunk)
+    n_parts = n_state_parts(n_states, gates["n_chunks"], q.dtype)
     out, den, s = attend(q, k, v, c_states, n_parts, gates["row"], gates["col"], gates["inter"], chunk=chunk,
                          tile=tile, scale=1.0 / math.sqrt(dqk), fwd_m=gates["m"])
     return out.view(b, h, t, dv), c_states, c_final, n_states, den, s, gates["m_chunk"]
