@@ -24,8 +24,9 @@ RACE_T = tuple(1 << e for e in (12, 14, 16, 18, 20, 22, 23, 24))  # 4K .. 16M
 RACE_PL = ((3, 3), (4, 4))
 RACE_SWEEP_T = (1 << 18, 1 << 20, 1 << 22)  # race_sweep: forward at these T, forward+backward at the last
 RACE_PARTS_T = (1 << 22, 1 << 18)
-GROUPS = ("check", "layers", "mlstm_ours", "race_ours", "mlstm_limit", "race_sdpa", "mlstm_xl", "mlstm_fla", "race_fla", "step",
-          "race_ref", "mlstm_parts", "race_parts")  # most important first: the driver stops starting groups when its budget runs out
+# most important first: the driver stops starting groups when its budget runs out
+GROUPS = ("check", "layers", "mlstm_ours", "race_ours", "mlstm_limit", "race_sdpa", "mlstm_xl", "mlstm_fla", "race_fla",
+          "step", "race_ref", "mlstm_parts", "race_parts")
 
 
 def bench(fn, rep=60):
@@ -599,8 +600,9 @@ def group_race_sweep(out):
     import time
     import torch
     from kernels.race import chunk_bwd as cb, chunk_fwd as cf, race_causal
-    names_f = ("FUSED_HASH", "FUSED_HASH_WIDE", "SPLIT_STATE", "SPLIT_STATE_WIDE", "BLOCK_V", "TARGET_PROGRAMS", "TARGET_PROGRAMS_WIDE",
-               "NUM_WARPS", "NUM_STAGES", "NUM_STAGES_WIDE", "SUMS_WARPS", "HASH_ROWS", "HASH_WARPS", "HASH_WARPS_WIDE")
+    names_f = ("FUSED_HASH", "FUSED_HASH_WIDE", "SPLIT_STATE", "SPLIT_STATE_WIDE", "BLOCK_V", "TARGET_PROGRAMS",
+               "TARGET_PROGRAMS_WIDE", "NUM_WARPS", "NUM_STAGES", "NUM_STAGES_WIDE", "SUMS_WARPS", "HASH_ROWS",
+               "HASH_WARPS", "HASH_WARPS_WIDE")
     names_b = ("BWD_BLOCK_V", "BWD_BLOCK_V_WIDE", "DPHI_LOW")
     defaults = {n: getattr(cf, n) for n in names_f} | {n: getattr(cb, n) for n in names_b}
 
@@ -782,8 +784,8 @@ def group_layers(out):
     for label, y in runs.items():
         y.backward(dy.to(y.dtype))
     pairs = [(label, "fp32 reference") for label in runs if label != "fp32 reference"]
-    pairs += [(label, "bf16 around the reference cell") for label in runs if label not in ("fp32 reference",
-                                                                                          "bf16 around the reference cell")]
+    pairs += [(label, "bf16 around the reference cell") for label in runs
+              if label not in ("fp32 reference", "bf16 around the reference cell")]
     for label, against in pairs:
         what = f"layer MLSTM bf16 (8 heads, 256/512) T=2048, {label} against {against}:"
         emit(out, table="check", what=f"{what} output", rel_err=rel(runs[label], runs[against]))

@@ -116,7 +116,7 @@ def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, f
             last = tl.arange(0, BK) < tl.where(c + 1 < NC, BK, 0)  # pair[NC] is past the forward's states
             pair = tl.load(pair_ptr + (c + 1) * KD * ND, mask=last[:, None], other=0.0)
             rows_by_rows = tl.dot(state_out, tl.trans(pair))
-            product = tl.sum(tl.where(tl.arange(0, BK)[:, None] == tl.arange(0, BK)[None, :], rows_by_rows, 0.0), 1)
+            product = _diagonal(rows_by_rows, BK)
             tl.store(pair_out_ptr + c * BK, product)
             if pn == 0:  # the n states' products: a row of their own
                 tl.store(pair_out_ptr + (tl.num_programs(1) * NC + c) * BK, vec * pair_vec)
@@ -205,7 +205,7 @@ def _chunk_attend(x_ptr, y_ptr, z_ptr, state_ptr, vec_ptr, rg_ptr, cg_ptr, rs_pt
     if FWD:
         s = tl.sum(tl.where(tl.arange(0, 16)[None, :] < 2, q_n, 0.0), 1)
     if ROW_DS:
-        s = tl.sum(tl.where(tl.arange(0, BR)[:, None] == tl.arange(0, BR)[None, :], dh_h, 0.0), 1)
+        s = _diagonal(dh_h, BR)
         # ds'_t = -(dh_t . h_t) sign(s_t) [|s_t| > exp(-m_t)] (chunk_bwd.py); written (padding rows: 0) for the
         # reverse scan and the dk attend, which run after this one
         if not PREFETCH:
@@ -286,6 +286,12 @@ def _chunk_attend(x_ptr, y_ptr, z_ptr, state_ptr, vec_ptr, rg_ptr, cg_ptr, rs_pt
 @triton.jit
 def _max(a, b):
     return tl.maximum(a, b)
+
+
+@triton.jit
+def _diagonal(x, N: tl.constexpr):
+    """The diagonal of an N x N tile: row dots taken as a tensor-core product's diagonal (see the callers)."""
+    return tl.sum(tl.where(tl.arange(0, N)[:, None] == tl.arange(0, N)[None, :], x, 0.0), 1)
 
 
 @triton.jit

@@ -34,15 +34,21 @@ def seeded_like(x):
 GRAD_TOL = 5e-5
 
 
-def assert_matches_reference(xs, **kw):
+def assert_matches_reference(xs, check_state=False, **kw):
     """mlstm_chunkwise(*xs, **kw): h and the gradients of q, k, v, i, f against float64 autograd of the parallel
-    form."""
+    form; with check_state, the final state against the recurrent form's."""
     leaves64 = [x.double().requires_grad_(True) for x in xs]
     golden = ref.mlstm_parallel(*leaves64)
     dh = seeded_like(golden)
     golden_grads = torch.autograd.grad(golden, leaves64, dh)
     leaves = [x.clone().requires_grad_(True) for x in xs]
-    h = mlstm_chunkwise(*leaves, **kw)
+    if check_state:
+        h, state = mlstm_chunkwise(*leaves, return_state=True, **kw)
+        _, golden_state = ref.mlstm_recurrent(*(x.double() for x in xs))
+        for got, want in zip(state, golden_state):
+            assert rel(got, want) < 1e-5
+    else:
+        h = mlstm_chunkwise(*leaves, **kw)
     assert rel(h, golden) < 1e-5
     for name, got, want in zip("qkvif", torch.autograd.grad(h, leaves, dh.float()), golden_grads):
         assert rel(got, want) < GRAD_TOL, name
@@ -58,19 +64,7 @@ CASES = [  # chunk = tile: one tile per chunk; chunk > tile: TFLA-style tiles in
 
 @pytest.mark.parametrize("shape,chunk,tile", CASES)
 def test_chunkwise_forward_state_and_gradients_match_reference(shape, chunk, tile):
-    xs = inputs(**shape)
-    leaves64 = [x.double().requires_grad_(True) for x in xs]
-    golden = ref.mlstm_parallel(*leaves64)
-    dh = seeded_like(golden)
-    golden_grads = torch.autograd.grad(golden, leaves64, dh)
-    _, golden_state = ref.mlstm_recurrent(*(x.double() for x in xs))
-    leaves = [x.clone().requires_grad_(True) for x in xs]
-    h, state = mlstm_chunkwise(*leaves, chunk=chunk, tile=tile, return_state=True)
-    assert rel(h, golden) < 1e-5
-    for got, want in zip(state, golden_state):
-        assert rel(got, want) < 1e-5
-    for name, got, want in zip("qkvif", torch.autograd.grad(h, leaves, dh.float()), golden_grads):
-        assert rel(got, want) < GRAD_TOL, name
+    assert_matches_reference(inputs(**shape), check_state=True, chunk=chunk, tile=tile)
 
 
 def test_small_blocks(monkeypatch):
@@ -99,7 +93,7 @@ def test_forget_gate_gradient_does_not_cancel_over_the_sequence():
     xs = [x.half() for x in xs[:3]] + list(xs[3:])
     leaves64 = [x.double().requires_grad_(True) for x in xs]
     golden = ref.mlstm_parallel(*leaves64)
-    dh = torch.randn(golden.shape, generator=torch.Generator().manual_seed(0), dtype=F64)
+    dh = seeded_like(golden)
     golden_df = torch.autograd.grad(golden, leaves64[4], dh)[0]
     leaves = [x.clone().requires_grad_(True) for x in xs]
     df = torch.autograd.grad(mlstm_chunkwise(*leaves, chunk=64), leaves[4], dh.half())[0]
