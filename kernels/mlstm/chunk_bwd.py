@@ -48,8 +48,11 @@ FORGET_GRAD_FROM_STATES = True
 # the reverse scan forming the boundary products (linear.md, session 6, 01:07): 64 x 128 blocks where they make
 # enough programs (1.03 against 1.25 ms for 64 x 64 at 3 stages, T=8K, B=8); at T=64K, B=1 the 128 programs they
 # would make were slower than 256 of 64 x 64 (1.66 against 1.57-1.59 ms; 64 x 32, 32 x 64: 2.27, 3.88)
-REV_SCAN_PAIRED = dict(bk=64, bn=128, warps=4, stages=2, prefetch=True, min_programs=256, small_bk=64, small_bn=64,
-                       small_warps=4)
+# (its small blocks take q weighted first, chunk_fwd.STATE_WEIGHT_FIRST: at T=64K, B=1 `weight_chunks` 0.15 ms and the
+# scan 1.06 against 1.54 ms; 64 x 128 blocks so measured slower, 1.28 against 1.06 ms at 8K: with the second pipeline
+# buffers the scan leaves shared memory for one program per SM, not two)
+REV_SCAN_PAIRED = dict(bk=64, bn=128, warps=4, stages=2, prefetch=True, weight_first=False, min_programs=256,
+                       small_bk=64, small_bn=64, small_warps=4, small_weight_first=True)
 
 
 def rev_scan_config():

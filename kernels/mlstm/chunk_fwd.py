@@ -6,7 +6,8 @@ Three steps, none of which waits on another program:
      per-chunk cumulative log forget b, the chunk-boundary stabilizers m_c (a max-plus scan),
      per-token stabilizers m_t; every exponent the kernels use is precomputed in log space and
      is <= 0, so no exp overflows.
-  2. `_chunk_state_scan`: the inter-chunk recurrence C_c = exp(decay_c) C_{c-1} + (k * w)^T v,
+  2. `_chunk_state_scan`: the inter-chunk recurrence C_c = exp(decay_c) C_{c-1} + (k * w)^T v (k * w and the
+     n increments by `_weight_chunks` first: the scan's product then takes both operands from Triton's pipeline),
      parallel over (DQK/BK, DV/BN) tiles of the state (fp32 in registers); stores the state
      before every chunk in the inputs' dtype (bf16 at 7B: half the bytes, a bf16 tensor-core
      dot in step 3); `_n_state_parts` puts the n states in two parts of that dtype (q . n a
@@ -45,6 +46,13 @@ STATE_NUM_WARPS = 4  # tunable: 4, 8
 STATE_NUM_STAGES = 2  # tunable: 1, 2, 3
 # each chunk's decay (and, in the backward, coef) loaded one step early
 STATE_PREFETCH = True  # tunable: False, True
+# A weighted by exp(wlog) in a pass of its own (`weight_chunks`, 0.15 ms at 7B shapes), which also sums the vector
+# state's increments per chunk in fp32: the scan's product then takes both operands straight from Triton's pipeline
+# (B weighted in registers goes through shared memory a second time in every step). The forward scan measured
+# 0.62 / 0.91 ms against 0.86 / 1.23 at T = 8K / 64K so, but the MLSTM layer's forget-bias gradient (bf16, T=2048)
+# came out 2.2% off against 1.1%: k w rounded to bf16 where v w was (linear.md, session 8). Off in the forward;
+# the reverse scan takes it (chunk_bwd.REV_SCAN_PAIRED).
+STATE_WEIGHT_FIRST = False  # tunable: False, True
 # long T, small batch: fewer scan programs than this with the blocks above leave SMs idle while each program
 # walks every chunk, so the scan then takes the smaller blocks below (at T=64K, B=1: 128 programs with 64 x 128,
 # 256 with 64 x 64, 1.245 against 1.342 ms; the reverse scan measured the other way, chunk_bwd.REV_SCAN)
@@ -52,18 +60,21 @@ SCAN_MIN_PROGRAMS = 256  # tunable: 0, 132, 256, 512
 SMALL_STATE_BLOCK_K = 64  # tunable: 32, 64, 128
 SMALL_STATE_BLOCK_N = 64  # tunable: 32, 64, 128
 SMALL_STATE_NUM_WARPS = 4  # tunable: 4, 8
+SMALL_STATE_WEIGHT_FIRST = False  # tunable: False, True
 SHARED_MEMORY = 232448  # bytes one program may use on Hopper (H100 / H200)
 EPS = 1e-6
 
 
 @triton.jit
-def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, final_ptr, vec_ptr, pair_ptr,
-                      pair_vec_ptr, pair_out_ptr, T, TP, NC, n_states, KD: tl.constexpr, ND: tl.constexpr,
+def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, sums_ptr, states_ptr, final_ptr, vec_ptr,
+                      pair_ptr, pair_vec_ptr, pair_out_ptr, T, TP, NC, n_states, KD: tl.constexpr, ND: tl.constexpr,
                       CHUNK: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr, REVERSE: tl.constexpr,
-                      HAS_COEF: tl.constexpr, PREFETCH: tl.constexpr, PAIR: tl.constexpr):
+                      HAS_COEF: tl.constexpr, PREFETCH: tl.constexpr, PAIR: tl.constexpr, WEIGHTED: tl.constexpr):
     """state <- exp(decay_c) state + (A_c * exp(wlog))^T B_c and vec <- exp(decay_c) vec + sum_j A_j exp(wlog_j) coef_j,
-    over chunks in order (or reversed); states[c] (in the states' dtype) is the state before chunk c is
-    absorbed; in forward order the final state goes to `final` (fp32) and vec[NC] is the final vec.
+    over chunks in order (or reversed), or with WEIGHTED the same with A already weighted and the vec increments
+    summed (`weight_chunks`: sums (BH, NC, KD) fp32; wlog and coef unused); states[c] (in the states' dtype) is the
+    state before chunk c is absorbed; in forward order the final state goes to `final` (fp32) and vec[NC] is the
+    final vec.
     With PAIR (reversed): this program's part of the Frobenius products <pair[c + 1], states[c]> (pair: the
     forward's states, (BH, NC, KD, ND)), summed over its BN columns only, goes to pair_out[bh, pk, pn, c, :BK], and
     with pn = 0, vec[c] * pair_vec[c + 1] (pair_vec: the forward's n states, (BH, NC + 1, KD)) to
@@ -75,6 +86,7 @@ def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, f
     b_ptr += bh * T * ND
     wlog_ptr += bh * TP
     coef_ptr += bh * TP
+    sums_ptr += bh * NC * KD + rk
     decay_ptr += bh * NC
     states_ptr += bh * NC * KD * ND
     vec_ptr += bh * n_states * KD
@@ -128,13 +140,18 @@ def _chunk_state_scan(a_ptr, b_ptr, wlog_ptr, decay_ptr, coef_ptr, states_ptr, f
         # A_c loaded transposed and the weights put on B_c: no transpose of a register tile
         a_t = tl.load(a_ptr + rk[:, None] + rows[None, :] * KD, mask=valid[None, :], other=0.0)
         b = tl.load(b_ptr + rows[:, None] * ND + rn[None, :], mask=valid[:, None], other=0.0)
-        w = tl.exp(tl.load(wlog_ptr + rows))
         decay = tl.exp(log_decay)
-        state = decay * state + tl.dot(a_t, (b.to(tl.float32) * w[:, None]).to(a_t.dtype))
-        if pn == 0:  # the vector state: only the first DV block's programs keep it
-            if HAS_COEF:
-                w = w * coef
-            vec = decay * vec + tl.sum(a_t.to(tl.float32) * w[None, :], axis=1)
+        if WEIGHTED:  # A only feeds the product: Triton's pipeline gives it two buffers (one when used in registers)
+            state = decay * state + tl.dot(a_t, b)
+            if pn == 0:
+                vec = decay * vec + tl.load(sums_ptr + c * KD)
+        else:
+            w = tl.exp(tl.load(wlog_ptr + rows))
+            state = decay * state + tl.dot(a_t, (b.to(tl.float32) * w[:, None]).to(a_t.dtype))
+            if pn == 0:  # the vector state: only the first DV block's programs keep it
+                if HAS_COEF:
+                    w = w * coef
+                vec = decay * vec + tl.sum(a_t.to(tl.float32) * w[None, :], axis=1)
     if not REVERSE:
         tl.store(final_ptr + bh * KD * ND + rk[:, None] * ND + rn[None, :], state)
         if pn == 0:
@@ -420,8 +437,9 @@ def fwd_attend_config():
 
 def fwd_scan_config():
     return dict(bk=STATE_BLOCK_K, bn=STATE_BLOCK_N, warps=STATE_NUM_WARPS, stages=STATE_NUM_STAGES,
-                prefetch=STATE_PREFETCH, min_programs=SCAN_MIN_PROGRAMS, small_bk=SMALL_STATE_BLOCK_K,
-                small_bn=SMALL_STATE_BLOCK_N, small_warps=SMALL_STATE_NUM_WARPS)
+                prefetch=STATE_PREFETCH, weight_first=STATE_WEIGHT_FIRST, min_programs=SCAN_MIN_PROGRAMS,
+                small_bk=SMALL_STATE_BLOCK_K, small_bn=SMALL_STATE_BLOCK_N, small_warps=SMALL_STATE_NUM_WARPS,
+                small_weight_first=SMALL_STATE_WEIGHT_FIRST)
 
 
 def attend(x, y, z, state, vec, rg, cg, rs, *, chunk, scale, config=None, tile=None, state_t=False, reverse=False,
@@ -475,12 +493,13 @@ def scan_is_narrow(bh, kd, nd, config=None):
     return triton.cdiv(kd, min(cfg["bk"], kd)) * triton.cdiv(nd, min(cfg["bn"], nd)) * bh < cfg["min_programs"]
 
 
-def scan_stages(chunk, block_k, block_n, itemsize, stages):
+def scan_stages(chunk, block_k, block_n, itemsize, stages, weighted):
     """Pipeline stages that fit in shared memory for a scan step's whole chunk of A (BK columns) and B (BN columns).
     Offline for sm_90a at chunks 128-512, the first stage took one chunk of both, each further one 0.52-0.68 of
-    that (counted here as 0.7): at chunk 512, 64 x 128 blocks get one stage (two need 329,728 bytes), 64 x 64 two."""
+    that (counted here as 0.7): at chunk 512, 64 x 128 blocks get one stage (two need 329,728 bytes), 64 x 64 two.
+    Weighted first, both tiles get a buffer per stage (270,336 bytes for two stages of 64 x 64 at chunk 512)."""
     one = chunk * (block_k + block_n) * itemsize
-    return max(1, min(stages, 1 + int((SHARED_MEMORY - one) / (0.7 * one))))
+    return max(1, min(stages, 1 + int((SHARED_MEMORY - one) / ((1.0 if weighted else 0.7) * one))))
 
 
 @triton.jit
@@ -507,12 +526,51 @@ def n_state_parts(vec, n_chunks, dtype):
     return parts
 
 
+@triton.jit
+def _weight_chunks(x_ptr, wlog_ptr, coef_ptr, out_ptr, sums_ptr, T, TP, NC, D: tl.constexpr, CHUNK: tl.constexpr,
+                   ROWS: tl.constexpr, HAS_COEF: tl.constexpr):
+    """One chunk of one batch*head: out = x exp(wlog) in out's dtype, and sums[bh, c] = that chunk's sum of
+    x exp(wlog) (times coef) in fp32."""
+    c, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    cd = tl.arange(0, D)
+    acc = tl.zeros((D,), tl.float32)
+    for r0 in range(0, CHUNK, ROWS):
+        rows = c * CHUNK + r0 + tl.arange(0, ROWS)
+        valid = rows < T
+        offs = bh * T * D + rows[:, None] * D + cd[None, :]
+        w = tl.exp(tl.load(wlog_ptr + bh * TP + rows))
+        xw = tl.load(x_ptr + offs, mask=valid[:, None], other=0.0).to(tl.float32) * w[:, None]
+        tl.store(out_ptr + offs, xw.to(out_ptr.dtype.element_ty), mask=valid[:, None])
+        if HAS_COEF:
+            xw *= tl.load(coef_ptr + bh * TP + rows)[:, None]
+        acc += tl.sum(xw, axis=0)
+    tl.store(sums_ptr + (bh * NC + c) * D + cd, acc)
+
+
+WEIGHT_ROWS = 64  # tunable: 16, 32, 64, 128 (rows per step of `_weight_chunks`)
+WEIGHT_WARPS = 4  # tunable: 4, 8
+
+
+def weight_chunks(x, wlog, chunk, coef=None):
+    """x (BH, T, D) times exp(wlog) (BH, TP = NC * chunk) per row, in x's dtype, and per chunk the fp32 sum of
+    x exp(wlog) coef (coef (BH, TP) fp32, or none) over its rows: (BH, NC, D)."""
+    bh, t, d = x.shape
+    nc = wlog.shape[-1] // chunk
+    out = torch.empty_like(x)
+    sums = torch.empty(bh, nc, d, device=x.device, dtype=torch.float32)
+    _weight_chunks[(nc, bh)](x, wlog, coef if coef is not None else wlog, out, sums, t, wlog.shape[-1], nc, D=d,
+                             CHUNK=chunk, ROWS=min(WEIGHT_ROWS, chunk), HAS_COEF=coef is not None,
+                             num_warps=WEIGHT_WARPS)
+    return out, sums
+
+
 def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None, pair=None, config=None):
-    """Launch `_chunk_state_scan`: states (BH, NC, KD, ND) in a's dtype, vec (BH, NC (+1 forward), KD) fp32,
+    """Launch `_chunk_state_scan` (after `weight_chunks` where the config says weight_first): states (BH, NC, KD, ND)
+    in a's dtype, vec (BH, NC (+1 forward), KD) fp32,
     and in forward order the final state (BH, KD, ND) fp32; reversed, with pair = the forward's (states, vec),
     the Frobenius products <pair states[c + 1], states[c]> + <pair vec[c + 1], vec[c]> (BH, NC) fp32 (else None).
-    `config`: bk, bn, warps, stages, prefetch (optional), min_programs, small_bk, small_bn, small_warps (default:
-    the forward's)."""
+    `config`: bk, bn, warps, stages, prefetch (optional), weight_first (optional), min_programs, small_bk, small_bn,
+    small_warps, small_weight_first (optional) (default: the forward's)."""
     cfg = config or fwd_scan_config()
     bh, t, kd = a.shape
     nd = b.shape[-1]
@@ -521,21 +579,26 @@ def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None, pair=None,
     states = torch.empty(bh, nc, kd, nd, device=a.device, dtype=a.dtype)
     final = None if reverse else torch.empty(bh, kd, nd, device=a.device, dtype=torch.float32)
     vec = torch.empty(bh, n_states, kd, device=a.device, dtype=torch.float32)
-    block_k, block_n, warps = min(cfg["bk"], kd), min(cfg["bn"], nd), cfg["warps"]
+    block_k, block_n, warps, weighted = min(cfg["bk"], kd), min(cfg["bn"], nd), cfg["warps"], cfg.get("weight_first")
     if scan_is_narrow(bh, kd, nd, cfg):
         block_k, block_n, warps = min(cfg["small_bk"], kd), min(cfg["small_bn"], nd), cfg["small_warps"]
+        weighted = cfg.get("small_weight_first")
+    sums = vec
+    if weighted:
+        a, sums = weight_chunks(a, wlog, chunk, coef)
     grid = (triton.cdiv(kd, block_k), triton.cdiv(nd, block_n), bh)
     paired = reverse and pair is not None
     pair_states, pair_vec = pair if paired else (states, vec)
     # per program and chunk its rows' products; the n states' in an extra DV block
     products = torch.empty(bh, grid[0], grid[1] + 1, nc, block_k, device=a.device, dtype=torch.float32) if paired \
         else vec
-    _chunk_state_scan[grid](a, b, wlog, decay, coef if coef is not None else wlog, states,
+    _chunk_state_scan[grid](a, b, wlog, decay, coef if coef is not None else wlog, sums, states,
                             states if final is None else final, vec, pair_states, pair_vec, products, t,
-                            wlog.shape[-1], nc, n_states, KD=kd, ND=nd, CHUNK=chunk, BK=block_k, BN=block_n,
+                            nc * chunk, nc, n_states, KD=kd, ND=nd, CHUNK=chunk, BK=block_k, BN=block_n,
                             REVERSE=reverse, HAS_COEF=coef is not None, PREFETCH=bool(cfg.get("prefetch")),
-                            PAIR=paired, num_warps=warps,
-                            num_stages=scan_stages(chunk, block_k, block_n, a.element_size(), cfg["stages"]))
+                            PAIR=paired, WEIGHTED=bool(weighted), num_warps=warps,
+                            num_stages=scan_stages(chunk, block_k, block_n, a.element_size(), cfg["stages"],
+                                                   bool(weighted)))
     if reverse:
         return states, vec, products.sum((1, 2, 4)) if paired else None
     return states, vec, final

@@ -85,6 +85,19 @@ def test_small_blocks(monkeypatch):
     assert_matches_reference(xs, chunk=16, tile=16)
 
 
+def test_scans_with_weights_applied_first(monkeypatch):
+    # `weight_chunks` before the scans, both directions, main and small blocks (the defaults use it in the reverse
+    # scan's small blocks only)
+    from kernels.mlstm import chunk_bwd, chunk_fwd
+    monkeypatch.setattr(chunk_fwd, "STATE_WEIGHT_FIRST", True)
+    monkeypatch.setattr(chunk_fwd, "SMALL_STATE_WEIGHT_FIRST", True)
+    monkeypatch.setattr(chunk_bwd, "REV_SCAN_PAIRED", dict(chunk_bwd.REV_SCAN_PAIRED, weight_first=True))
+    for min_programs in (0, 10 ** 9):
+        monkeypatch.setattr(chunk_fwd, "SCAN_MIN_PROGRAMS", min_programs)
+        monkeypatch.setattr(chunk_bwd, "REV_SCAN_PAIRED", dict(chunk_bwd.REV_SCAN_PAIRED, min_programs=min_programs))
+        assert_matches_reference(inputs(t=70), check_state=True, chunk=32, tile=16)
+
+
 def test_forget_gate_gradient_does_not_cancel_over_the_sequence():
     # df_t sums q . dq - k . dk over the rest of the sequence, two large terms that nearly cancel; summed over the
     # whole sequence (before the boundary products) the forget gates' per-head gradient, fp16, was 4.3e-3 off here
@@ -289,19 +302,21 @@ def test_attend_pipeline_buffers_match_the_stages(kind, stages):
 
 
 @pytest.mark.parametrize("chunk", [256, 512])
-@pytest.mark.parametrize("scan", ["forward", "forward, small blocks", "reverse", "reverse, paired"])
+@pytest.mark.parametrize("scan", ["forward", "forward, small blocks", "reverse", "reverse, paired",
+                                  "reverse, paired, small blocks"])
 def test_state_scans_fit_in_shared_memory(chunk, scan):
     # A scan step loads a whole chunk of A and B; at chunk 512 two pipeline stages of 64 x 128 blocks need 329,728
     # bytes, more than a Hopper program has (OutOfResources on the H200 at 7B head sizes): `scan_stages` takes fewer.
     from kernels.mlstm import chunk_bwd, chunk_fwd
-    reverse, paired = scan.startswith("reverse"), scan.endswith("paired")
+    reverse, paired = scan.startswith("reverse"), "paired" in scan
     cfg = (chunk_bwd.REV_SCAN_PAIRED if paired else chunk_bwd.REV_SCAN) if reverse else chunk_fwd.fwd_scan_config()
     small = scan.endswith("small blocks")
     bk, bn, warps = (cfg["small_bk"], cfg["small_bn"], cfg["small_warps"]) if small else (cfg["bk"], cfg["bn"],
                                                                                           cfg["warps"])
+    weighted = bool(cfg.get("small_weight_first" if small else "weight_first"))
     constexprs = dict(KD=256, ND=512, CHUNK=chunk, BK=bk, BN=bn, REVERSE=reverse, HAS_COEF=reverse,
-                      PREFETCH=bool(cfg.get("prefetch")), PAIR=paired)
-    stages = chunk_fwd.scan_stages(chunk, bk, bn, 2, cfg["stages"])
+                      PREFETCH=bool(cfg.get("prefetch")), PAIR=paired, WEIGHTED=weighted)
+    stages = chunk_fwd.scan_stages(chunk, bk, bn, 2, cfg["stages"], weighted)
     bf16 = ["a_ptr", "b_ptr", "states_ptr", "pair_ptr"]
     shared = compile_for_sm90("_chunk_state_scan", constexprs, bf16, num_warps=warps, num_stages=stages)["shared"]
     assert shared <= chunk_fwd.SHARED_MEMORY, (stages, shared)
