@@ -45,6 +45,17 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+def largest_run_difference(fn, xs, leaves, dout, runs=3):
+    """fn(*xs) and its gradients for `leaves` (dout) `runs` times on identical inputs: the largest relative
+    difference from the first run (any difference: not deterministic)."""
+    import torch
+    results = []
+    for _ in range(runs):
+        out = fn(*xs)
+        results.append([out.detach()] + list(torch.autograd.grad(out, leaves, dout)))
+    return max(rel(a, b) for other in results[1:] for a, b in zip(other, results[0]))
+
+
 # ---------------- mLSTM ----------------
 
 def mlstm_inputs(t, layout="bhtd", grad=False):
@@ -348,6 +359,8 @@ def _mlstm_apply(h, dq, dk, dv, scan, rscan):
     cf.TILE, cf.COL_TILE, cf.BLOCK_K, cf.BLOCK_N, cf.NUM_WARPS, cf.NUM_STAGES, cf.ATTEND_MAX_NREG, cf.PREFETCH = (
         h["tile"], h.get("col_tile"), h["bk"], h["bn"], h["warps"], h["stages"], h["maxnreg"], h.get("prefetch", False))
     cf.STATE_PREFETCH = scan.get("prefetch", False)
+    cf.STATE_WEIGHT_FIRST = scan.get("weight_first", False)
+    cf.SMALL_STATE_WEIGHT_FIRST = scan.get("small_weight_first", cf.STATE_WEIGHT_FIRST)
     for d, new in ((cb.DQ_ATTEND, dq), (cb.DK_ATTEND, dk), (cb.DV_ATTEND, dv), (cb.rev_scan_config(), rscan)):
         d.clear()  # the same dict objects: mlstm_record tells the attends apart by them
         d.update(new)
@@ -420,13 +433,9 @@ def _mlstm_verify(out, label):
     ref = None
     dev = h.device
     dh = torch.randn(h.shape, generator=torch.Generator(device=dev).manual_seed(7), device=dev, dtype=h.dtype)
-    runs = []
-    for _ in range(3):
-        h = mlstm_chunkwise(*xs)
-        runs.append([h.detach()] + list(torch.autograd.grad(h, xs, dh)))
-    worst = max(rel(a, b) for other in runs[1:] for a, b in zip(other, runs[0]))
-    emit(out, table="check", what=f"mlstm {label}: 3 runs B=8 T=8192, largest difference (h, grads)", rel_err=worst)
-    xs = h = dh = runs = None
+    emit(out, table="check", what=f"mlstm {label}: 3 runs B=8 T=8192, largest difference (h, grads)",
+         rel_err=largest_run_difference(mlstm_chunkwise, xs, xs, dh))
+    xs = h = dh = None
     torch.cuda.empty_cache()
     for name, err in mlstm_grad_errors(torch.Generator(device=dev).manual_seed(3), 8, 2048):
         what = "h" if name == "h" else f"grad {name}"
@@ -745,15 +754,9 @@ def group_check(out):
         # forward+backward three times on identical inputs (any difference: not deterministic; the output scan's
         # phi tiles get stages - 1 pipeline buffers, the shape of the mLSTM attends' race, linear.md "The race")
         xs = race_inputs(1 << 18, p, n_tables, grad=True)
-        do = torch.randn_like(xs[2])
-        runs = []
-        for _ in range(3):
-            o = race_causal(*xs)
-            runs.append([o.detach()] + list(torch.autograd.grad(o, xs[:3], do)))
-        worst = max(rel(a, b) for other in runs[1:] for a, b in zip(other, runs[0]))
         emit(out, table="check", what=f"race 3 runs T=262144 P={p} L={n_tables}, largest difference (o, grads)",
-             rel_err=worst)
-        xs = do = runs = None
+             rel_err=largest_run_difference(race_causal, xs, xs[:3], torch.randn_like(xs[2])))
+        xs = None
 
 
 def group_layers(out):

@@ -579,12 +579,13 @@ def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None, pair=None,
     states = torch.empty(bh, nc, kd, nd, device=a.device, dtype=a.dtype)
     final = None if reverse else torch.empty(bh, kd, nd, device=a.device, dtype=torch.float32)
     vec = torch.empty(bh, n_states, kd, device=a.device, dtype=torch.float32)
-    block_k, block_n, warps, weighted = min(cfg["bk"], kd), min(cfg["bn"], nd), cfg["warps"], cfg.get("weight_first")
-    if scan_is_narrow(bh, kd, nd, cfg):
+    narrow = scan_is_narrow(bh, kd, nd, cfg)
+    block_k, block_n, warps = min(cfg["bk"], kd), min(cfg["bn"], nd), cfg["warps"]
+    if narrow:
         block_k, block_n, warps = min(cfg["small_bk"], kd), min(cfg["small_bn"], nd), cfg["small_warps"]
-        weighted = cfg.get("small_weight_first")
+    weighted = bool(cfg.get("small_weight_first" if narrow else "weight_first"))
     sums = vec
-    if weighted:
+    if weighted:  # the weights and coef go into a and the sums: the scan reads neither
         a, sums = weight_chunks(a, wlog, chunk, coef)
     grid = (triton.cdiv(kd, block_k), triton.cdiv(nd, block_n), bh)
     paired = reverse and pair is not None
@@ -595,10 +596,9 @@ def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None, pair=None,
     _chunk_state_scan[grid](a, b, wlog, decay, coef if coef is not None else wlog, sums, states,
                             states if final is None else final, vec, pair_states, pair_vec, products, t,
                             nc * chunk, nc, n_states, KD=kd, ND=nd, CHUNK=chunk, BK=block_k, BN=block_n,
-                            REVERSE=reverse, HAS_COEF=coef is not None, PREFETCH=bool(cfg.get("prefetch")),
-                            PAIR=paired, WEIGHTED=bool(weighted), num_warps=warps,
-                            num_stages=scan_stages(chunk, block_k, block_n, a.element_size(), cfg["stages"],
-                                                   bool(weighted)))
+                            REVERSE=reverse, HAS_COEF=coef is not None and not weighted,
+                            PREFETCH=bool(cfg.get("prefetch")), PAIR=paired, WEIGHTED=weighted, num_warps=warps,
+                            num_stages=scan_stages(chunk, block_k, block_n, a.element_size(), cfg["stages"], weighted))
     if reverse:
         return states, vec, products.sum((1, 2, 4)) if paired else None
     return states, vec, final

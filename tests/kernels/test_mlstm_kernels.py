@@ -314,7 +314,7 @@ def test_state_scans_fit_in_shared_memory(chunk, scan):
     bk, bn, warps = (cfg["small_bk"], cfg["small_bn"], cfg["small_warps"]) if small else (cfg["bk"], cfg["bn"],
                                                                                           cfg["warps"])
     weighted = bool(cfg.get("small_weight_first" if small else "weight_first"))
-    constexprs = dict(KD=256, ND=512, CHUNK=chunk, BK=bk, BN=bn, REVERSE=reverse, HAS_COEF=reverse,
+    constexprs = dict(KD=256, ND=512, CHUNK=chunk, BK=bk, BN=bn, REVERSE=reverse, HAS_COEF=reverse and not weighted,
                       PREFETCH=bool(cfg.get("prefetch")), PAIR=paired, WEIGHTED=weighted)
     stages = chunk_fwd.scan_stages(chunk, bk, bn, 2, cfg["stages"], weighted)
     bf16 = ["a_ptr", "b_ptr", "states_ptr", "pair_ptr"]
