@@ -235,6 +235,62 @@ def group_race_sdpa(out):
     race_rows(out, "SDPA causal (flash), softmax attention", sdpa, 1 << 17, 1 << 16, pls=RACE_PL[:1])
 
 
+RACE_GRAPH_T = tuple(1 << e for e in (10, 11, 12, 13, 14, 16, 18))
+
+
+def group_race_graphs(out):
+    # run by name: below 256K the rows above are host-bound (Python and launches); here each call is replayed from
+    # a CUDA graph, ours and SDPA's alike, which leaves GPU time: the crossover with SDPA without the host floor.
+    # Then the user's way to it, torch.compile(mode="reduce-overhead") (inductor, CUDA graphs), at one length.
+    import torch
+    import torch.nn.functional as F
+    from kernels.race import race_causal
+    from kernels.sparse_benchmark import graphed
+
+    def sdpa(q, k, v, w):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    impls = [("evo race_causal, CUDA graph", race_causal, RACE_PL, RACE_GRAPH_T),
+             ("SDPA causal (flash), CUDA graph", sdpa, RACE_PL[:1], RACE_GRAPH_T[:-1])]  # 256K: 0.4 s a call
+    for name, fn, pls, lengths in impls:
+        for p, n_tables in pls:
+            for t in lengths:
+                for mode in ("fwd", "fwd+bwd"):
+                    xs = race_inputs(t, p, n_tables, grad=mode == "fwd+bwd")
+                    if mode == "fwd":
+                        def call():
+                            with torch.no_grad():
+                                return fn(*xs)
+                    else:
+                        dout = torch.randn_like(xs[2])
+
+                        def call():
+                            return torch.autograd.grad(fn(*xs), xs[:3], dout)
+                    emit(out, table="race", impl=name, P=p, L=n_tables, T=t, mode=mode, ms=bench(graphed(call)),
+                         bound_ms=race_bound_ms(t, mode))
+                    xs = dout = call = None
+            torch.cuda.empty_cache()
+    t, (p, n_tables) = 1 << 14, RACE_PL[0]
+    try:
+        compiled = torch.compile(race_causal, mode="reduce-overhead")
+        xs = race_inputs(t, p, n_tables, grad=True)
+        dout = torch.randn_like(xs[2])
+        want = [race_causal(*xs)] + list(torch.autograd.grad(race_causal(*xs), xs[:3], dout))
+
+        def step():
+            o = compiled(*xs)
+            return [o] + list(torch.autograd.grad(o, xs[:3], dout))
+
+        got = step()
+        emit(out, table="check", what=f"race torch.compile reduce-overhead T={t} P={p} L={n_tables}, o and grads vs "
+             "eager", rel_err=max(rel(a, b) for a, b in zip(got, want)))
+        emit(out, table="race", impl="evo race_causal, torch.compile reduce-overhead", P=p, L=n_tables, T=t,
+             mode="fwd+bwd", ms=bench(step), bound_ms=race_bound_ms(t, "fwd+bwd"))
+    except Exception as e:  # noqa: BLE001 - reported, not hidden
+        emit(out, table="race", impl="evo race_causal, torch.compile reduce-overhead", P=p, L=n_tables, T=t,
+             mode="fwd+bwd", error=f"{type(e).__name__}: {e}"[:300])
+
+
 def group_race_fla(out):
     # fla's chunked linear attention on precomputed features phi(q), phi(k) (S = L 2^P, padded
     # to a multiple of 16 with zero features): the scan alone, hashing not included.
@@ -419,9 +475,9 @@ def _mlstm_next_variants():
 
 
 def _mlstm_verify(out, label):
-    # the settings in force: h at full scale (B=8, T=8192) against the fp32 reference on the same bf16 inputs;
-    # forward+backward three times on identical inputs (any difference: not deterministic); gradients at B=1,
-    # T=2048 against fp32 autograd of the reference
+    # the settings in force: h at full scale (B=8, T=8192), with and without autograd, against the fp32 reference
+    # on the same bf16 inputs; forward+backward three times on identical inputs (any difference: not
+    # deterministic); gradients at B=1, T=2048 against fp32 autograd of the reference
     import torch
     from baselines import mlstm as mref
     from kernels.mlstm import mlstm_chunkwise
@@ -430,6 +486,9 @@ def _mlstm_verify(out, label):
     with torch.no_grad():
         ref = mref.mlstm_chunkwise(*(x.detach().float() for x in xs), chunk=128)[0]
     emit(out, table="check", what=f"mlstm {label}: h bf16 B=8 T=8192 vs fp32 ref", rel_err=rel(h, ref))
+    with torch.no_grad():  # the inference forward's own settings (chunk_fwd.INFERENCE_WEIGHT_MAX_CHUNK)
+        emit(out, table="check", what=f"mlstm {label}: h bf16 B=8 T=8192 without autograd vs fp32 ref",
+             rel_err=rel(mlstm_chunkwise(*xs), ref))
     ref = None
     dev = h.device
     dh = torch.randn(h.shape, generator=torch.Generator(device=dev).manual_seed(7), device=dev, dtype=h.dtype)
@@ -577,6 +636,43 @@ def group_mlstm_forget(out):
                 torch.cuda.empty_cache()
     finally:
         cb.FORGET_GRAD_FROM_STATES = default
+
+
+# The forward without autograd (inference, prefill), run by name: the scan weighted first or not
+# (chunk_fwd.INFERENCE_WEIGHT_MAX_CHUNK 256 or 0) at chunks 128 and 256, at the 7B shapes and at B=1 (8 heads) from
+# T=8K to 128K; then, at B=1 up to 16K, where the host sets the time, each kernel's GPU time (torch.profiler).
+MLSTM_INFERENCE_CASES = ((64, 1024), (8, 8192)) + tuple((1, 1 << e) for e in range(13, 18))
+
+
+def group_mlstm_inference(out):
+    import torch
+    from kernels.mlstm import chunk_fwd as cf, mlstm_chunkwise
+    default = cf.INFERENCE_WEIGHT_MAX_CHUNK
+    first = {True: 256, False: 0}
+    try:
+        for b, t in MLSTM_INFERENCE_CASES:
+            g = torch.Generator(device="cuda").manual_seed(t)
+            mk = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
+            xs = [mk(b, 8, t, 256).bfloat16(), mk(b, 8, t, 256).bfloat16(), mk(b, 8, t, 512).bfloat16(),
+                  mk(b, 8, t), mk(b, 8, t) + 3.0]
+            with torch.no_grad():
+                for chunk in (128, 256):
+                    for weighted in (False, True):
+                        cf.INFERENCE_WEIGHT_MAX_CHUNK = first[weighted]
+                        emit(out, table="parts", impl=f"mlstm inference B={b} chunk {chunk} weighted first "
+                             f"{weighted}", T=t, ms=bench(lambda: mlstm_chunkwise(*xs, chunk=chunk)))
+                if b == 1 and t <= 16384:
+                    for weighted in (False, True):
+                        cf.INFERENCE_WEIGHT_MAX_CHUNK = first[weighted]
+                        kernels, span = profile_kernels(lambda: mlstm_chunkwise(*xs, chunk=128))
+                        emit(out, table="parts", impl=f"mlstm inference B=1 chunk 128 weighted first {weighted}: "
+                             "kernels' GPU time", T=t, ms=sum(ms for _, ms in kernels))
+                        emit(out, table="parts", impl=f"mlstm inference B=1 chunk 128 weighted first {weighted}: "
+                             "first to last kernel", T=t, ms=span)
+            xs = None
+            torch.cuda.empty_cache()
+    finally:
+        cf.INFERENCE_WEIGHT_MAX_CHUNK = default
 
 
 def group_race_parts(out):

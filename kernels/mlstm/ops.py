@@ -3,7 +3,6 @@ so they work under autograd and torch.compile (each op one opaque node)."""
 import torch
 import triton
 
-from kernels.mlstm import chunk_fwd
 from kernels.mlstm.chunk_bwd import mlstm_chunkwise_bwd
 from kernels.mlstm.chunk_fwd import CHUNK, mlstm_chunkwise_fwd
 from kernels.mlstm.step import mlstm_step as _step
@@ -70,30 +69,18 @@ def _(q, k, v, i, f, c, n, m):
     return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (v, c, n, m))
 
 
-# A forward that no backward follows (inference prefill) at T >= LONG_T, with too few heads for the state scan to
-# fill the GPU at chunk CHUNK (fewer programs than chunk_fwd.SCAN_MIN_PROGRAMS), takes chunks of LONG_CHUNK: each scan
-# program walks half as many chunks, and no backward pays for the longer intra-chunk products. Measured at T=64K,
-# B=1, 8 heads: 2.277 against 2.415 ms; with a backward chunk 256 is slower (8.053 against 7.316 ms), and at T=1K
-# and 8K (B=64, 8: enough scan programs) slower in both modes (linear.md, session 4).
-LONG_T, LONG_CHUNK = 65536, 256
-
-
-def default_chunk(q, k, v, i, f):
-    """The chunk size when none is given: CHUNK, or LONG_CHUNK for a long, few-head forward without autograd."""
-    b, h, t, dqk = q.shape
-    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, i, f))
-    few = chunk_fwd.scan_is_narrow(b * h, dqk, v.shape[-1])
-    return LONG_CHUNK if t >= LONG_T and few and not needs_grad else CHUNK
-
-
 def mlstm_chunkwise(q, k, v, i, f, chunk=None, tile=None, return_state=False):
     """mLSTM over whole sequences from an empty state: q, k (B, H, T, DQK), v (B, H, T, DV), gate
     pre-activations i, f (B, H, T). Differentiable in all five. With return_state, also the final
-    (C, n, m), fp32, to continue with `mlstm_step`. No chunk: `default_chunk`."""
-    chunk = chunk or default_chunk(q, k, v, i, f)
+    (C, n, m), fp32, to continue with `mlstm_step`. No chunk: chunk_fwd.CHUNK."""
+    chunk = chunk or CHUNK
     # tile 0: each attend (forward h; backward dq, dk, dv) takes its own tile setting
-    h, _, c_final, n_states, _, _, m_chunk = mlstm_chunkwise_fwd_op(q, k, v, i, f, chunk,
-                                                                   min(tile, chunk) if tile else 0)
+    tile = min(tile, chunk) if tile else 0
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, i, f))
+    if torch.compiler.is_compiling() or needs_grad:
+        h, _, c_final, n_states, _, _, m_chunk = mlstm_chunkwise_fwd_op(q, k, v, i, f, chunk, tile)
+    else:  # no backward to come, no graph to trace: straight to the kernels, with the inference forward's settings
+        h, _, c_final, n_states, _, _, m_chunk = mlstm_chunkwise_fwd(q, k, v, i, f, chunk, tile, inference=True)
     if not return_state:
         return h
     b, nh, _, dqk = q.shape

@@ -197,24 +197,33 @@ def test_step_matches_reference_and_continues_a_prefill():
         assert rel(got, want) < 1e-5
 
 
-def test_long_forward_without_autograd_takes_long_chunks(monkeypatch):
-    from kernels.mlstm import ops
-    monkeypatch.setattr(ops, "LONG_T", 40)
-    monkeypatch.setattr(ops, "LONG_CHUNK", 32)
-    chunks = []
-    op = ops.mlstm_chunkwise_fwd_op
-    monkeypatch.setattr(ops, "mlstm_chunkwise_fwd_op", lambda *a: chunks.append(a[5]) or op(*a))
-    xs = inputs(t=40)
+def test_forward_without_autograd_weights_first(monkeypatch):
+    # no backward to follow: straight to the kernels, past the op, with the scan's weights applied first
+    # (`weight_chunks`) in either blocks; with autograd through the op, without (chunk_fwd.INFERENCE_WEIGHT_FIRST)
+    from kernels.mlstm import chunk_fwd, ops
+    calls = []
+
+    def spy(module, name):
+        fn = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, **kw: calls.append(name) or fn(*a, **kw))
+
+    spy(ops, "mlstm_chunkwise_fwd_op")
+    spy(ops, "mlstm_chunkwise_fwd")
+    spy(chunk_fwd, "weight_chunks")
+    xs = inputs(t=70)
     golden = ref.mlstm_parallel(*(x.double() for x in xs))
-    assert rel(mlstm_chunkwise(*xs), golden) < 1e-5
-    mlstm_chunkwise(*(x[..., :39, :] if x.dim() == 4 else x[..., :39] for x in xs))  # shorter than LONG_T
+    _, golden_state = ref.mlstm_recurrent(*(x.double() for x in xs))
+    for min_programs in (0, 10 ** 9):
+        monkeypatch.setattr(chunk_fwd, "SCAN_MIN_PROGRAMS", min_programs)
+        h, state = mlstm_chunkwise(*xs, chunk=32, tile=16, return_state=True)
+        assert rel(h, golden) < 1e-5
+        for got, want in zip(state, golden_state):
+            assert rel(got, want) < 1e-5
+    assert calls == ["mlstm_chunkwise_fwd", "weight_chunks"] * 2
+    calls.clear()
     leaves = [x.clone().requires_grad_(True) for x in xs]
-    assert rel(mlstm_chunkwise(*leaves).detach(), golden) < 1e-5  # a backward may follow
-    with torch.no_grad():
-        mlstm_chunkwise(*leaves)
-        monkeypatch.setattr(ops.chunk_fwd, "SCAN_MIN_PROGRAMS", 2)  # 2 heads fill the (pretend) GPU's scan
-        mlstm_chunkwise(*leaves)
-    assert chunks == [32, ops.CHUNK, ops.CHUNK, 32, ops.CHUNK]
+    assert rel(mlstm_chunkwise(*leaves, chunk=32, tile=16).detach(), golden) < 1e-5
+    assert calls == ["mlstm_chunkwise_fwd_op", "mlstm_chunkwise_fwd"]
 
 
 def test_opcheck_and_torch_compile():
