@@ -486,7 +486,7 @@ def _mlstm_verify(out, label):
     with torch.no_grad():
         ref = mref.mlstm_chunkwise(*(x.detach().float() for x in xs), chunk=128)[0]
     emit(out, table="check", what=f"mlstm {label}: h bf16 B=8 T=8192 vs fp32 ref", rel_err=rel(h, ref))
-    with torch.no_grad():  # the inference forward's own settings (chunk_fwd.INFERENCE_WEIGHT_MAX_CHUNK)
+    with torch.no_grad():  # the inference forward's own settings (chunk_fwd.inference_scan_config)
         emit(out, table="check", what=f"mlstm {label}: h bf16 B=8 T=8192 without autograd vs fp32 ref",
              rel_err=rel(mlstm_chunkwise(*xs), ref))
     ref = None
@@ -638,17 +638,17 @@ def group_mlstm_forget(out):
         cb.FORGET_GRAD_FROM_STATES = default
 
 
-# The forward without autograd (inference, prefill), run by name: the scan weighted first or not
-# (chunk_fwd.INFERENCE_WEIGHT_MAX_CHUNK 256 or 0) at chunks 128 and 256, at the 7B shapes and at B=1 (8 heads) from
-# T=8K to 128K; then, at B=1 up to 16K, where the host sets the time, each kernel's GPU time (torch.profiler).
+# The forward without autograd (inference, prefill), run by name: the scan weighted first in either blocks or not
+# (chunk_fwd.INFERENCE_WEIGHT_FIRST) at chunks 128 and 256, at the 7B shapes and at B=1 (8 heads) from T=8K to 128K;
+# then, at B=1 up to 16K, where the host sets the time, the kernels' GPU time (torch.profiler).
 MLSTM_INFERENCE_CASES = ((64, 1024), (8, 8192)) + tuple((1, 1 << e) for e in range(13, 18))
 
 
 def group_mlstm_inference(out):
     import torch
     from kernels.mlstm import chunk_fwd as cf, mlstm_chunkwise
-    default = cf.INFERENCE_WEIGHT_MAX_CHUNK
-    first = {True: 256, False: 0}
+    default = cf.INFERENCE_WEIGHT_FIRST, cf.INFERENCE_SMALL_WEIGHT_MAX_CHUNK
+    cf.INFERENCE_SMALL_WEIGHT_MAX_CHUNK = 256
     try:
         for b, t in MLSTM_INFERENCE_CASES:
             g = torch.Generator(device="cuda").manual_seed(t)
@@ -658,12 +658,12 @@ def group_mlstm_inference(out):
             with torch.no_grad():
                 for chunk in (128, 256):
                     for weighted in (False, True):
-                        cf.INFERENCE_WEIGHT_MAX_CHUNK = first[weighted]
+                        cf.INFERENCE_WEIGHT_FIRST = weighted
                         emit(out, table="parts", impl=f"mlstm inference B={b} chunk {chunk} weighted first "
                              f"{weighted}", T=t, ms=bench(lambda: mlstm_chunkwise(*xs, chunk=chunk)))
                 if b == 1 and t <= 16384:
                     for weighted in (False, True):
-                        cf.INFERENCE_WEIGHT_MAX_CHUNK = first[weighted]
+                        cf.INFERENCE_WEIGHT_FIRST = weighted
                         kernels, span = profile_kernels(lambda: mlstm_chunkwise(*xs, chunk=128))
                         emit(out, table="parts", impl=f"mlstm inference B=1 chunk 128 weighted first {weighted}: "
                              "kernels' GPU time", T=t, ms=sum(ms for _, ms in kernels))
@@ -672,7 +672,7 @@ def group_mlstm_inference(out):
             xs = None
             torch.cuda.empty_cache()
     finally:
-        cf.INFERENCE_WEIGHT_MAX_CHUNK = default
+        cf.INFERENCE_WEIGHT_FIRST, cf.INFERENCE_SMALL_WEIGHT_MAX_CHUNK = default
 
 
 def group_race_parts(out):

@@ -52,7 +52,7 @@ STATE_PREFETCH = True  # tunable: False, True
 # 0.62 / 0.91 ms against 0.86 / 1.23 at T = 8K / 64K so, but the MLSTM layer's forget-bias gradient (bf16, T=2048)
 # came out 2.2% off against 1.1%: k w rounded to bf16 where v w was (linear.md, session 8; the sums taken from the
 # rounded k w as well put dq 2-11% off, session 9). Off in a forward with autograd, on in one without
-# (INFERENCE_WEIGHT_MAX_CHUNK); the reverse scan takes it (chunk_bwd.REV_SCAN_PAIRED).
+# (INFERENCE_WEIGHT_FIRST); the reverse scan takes it (chunk_bwd.REV_SCAN_PAIRED).
 STATE_WEIGHT_FIRST = False  # tunable: False, True
 # long T, small batch: fewer scan programs than this with the blocks above leave SMs idle while each program
 # walks every chunk, so the scan then takes the smaller blocks below (at T=64K, B=1: 128 programs with 64 x 128,
@@ -62,11 +62,13 @@ SMALL_STATE_BLOCK_K = 64  # tunable: 32, 64, 128
 SMALL_STATE_BLOCK_N = 64  # tunable: 32, 64, 128
 SMALL_STATE_NUM_WARPS = 4  # tunable: 4, 8
 SMALL_STATE_WEIGHT_FIRST = False  # tunable: False, True
-# A forward that no backward follows (inference, prefill) weights first with either blocks, at chunks up to this:
-# h's error is the same (2.38e-3 either way at B=8, T=8K), only the forget gates' gradient suffered from it. At
-# chunk 256 it was slower (B=1, T=64K: 2.367 against 2.236 ms; by count, the second buffers leave shared memory for
-# one scan program per SM, not two) (linear.md, session 9).
-INFERENCE_WEIGHT_MAX_CHUNK = 128  # tunable: 0 (never), 64, 128, 256, 512
+# A forward that no backward follows (inference, prefill) weights first: h's error is the same (2.38e-3 either way
+# at B=8, T=8K), only the forget gates' gradient suffered from it. The main blocks gained 3-28% (T=8K, B=8: 1.910
+# against 1.999 ms at chunk 128, 2.113 against 2.925 at 256); the small blocks gained at chunk 128 (B=1, T=64K:
+# 2.179 against 2.366 ms) and lost at 256 (2.371 against 2.249), so they weight first up to this chunk only
+# (linear.md, session 9).
+INFERENCE_WEIGHT_FIRST = True  # tunable: False, True
+INFERENCE_SMALL_WEIGHT_MAX_CHUNK = 128  # tunable: 64, 128, 256, 512
 SHARED_MEMORY = 232448  # bytes one program may use on Hopper (H100 / H200)
 EPS = 1e-6
 
@@ -441,12 +443,20 @@ def fwd_attend_config():
                 maxnreg=ATTEND_MAX_NREG, prefetch=PREFETCH)
 
 
-def fwd_scan_config(weight_first=False):
-    """The forward scan's settings (the module's tunables, read at call time); `weight_first`: with either blocks."""
+def fwd_scan_config():
+    """The forward scan's settings (the module's tunables, read at call time)."""
     return dict(bk=STATE_BLOCK_K, bn=STATE_BLOCK_N, warps=STATE_NUM_WARPS, stages=STATE_NUM_STAGES,
-                prefetch=STATE_PREFETCH, weight_first=STATE_WEIGHT_FIRST or weight_first,
-                min_programs=SCAN_MIN_PROGRAMS, small_bk=SMALL_STATE_BLOCK_K, small_bn=SMALL_STATE_BLOCK_N,
-                small_warps=SMALL_STATE_NUM_WARPS, small_weight_first=SMALL_STATE_WEIGHT_FIRST or weight_first)
+                prefetch=STATE_PREFETCH, weight_first=STATE_WEIGHT_FIRST, min_programs=SCAN_MIN_PROGRAMS,
+                small_bk=SMALL_STATE_BLOCK_K, small_bn=SMALL_STATE_BLOCK_N, small_warps=SMALL_STATE_NUM_WARPS,
+                small_weight_first=SMALL_STATE_WEIGHT_FIRST)
+
+
+def inference_scan_config(chunk):
+    """The forward scan's settings when no backward follows (INFERENCE_WEIGHT_FIRST)."""
+    cfg = fwd_scan_config()
+    if INFERENCE_WEIGHT_FIRST:
+        cfg.update(weight_first=True, small_weight_first=chunk <= INFERENCE_SMALL_WEIGHT_MAX_CHUNK)
+    return cfg
 
 
 def attend(x, y, z, state, vec, rg, cg, rs, *, chunk, scale, config=None, tile=None, state_t=False, reverse=False,
@@ -615,7 +625,7 @@ def mlstm_chunkwise_fwd(q, k, v, i, f, chunk=None, tile=None, inference=False):
     """h (B, H, T, DV) and what the backward and a following decode need:
     (h, C states before each chunk (B*H, NC, DQK, DV) in q's dtype, final C (B*H, DQK, DV) fp32,
     n states (B*H, NC+1, DQK), den (B*H, T), s (B*H, T), m_chunk (B*H, NC)).
-    `inference`: no backward follows (the scan then weights first, INFERENCE_WEIGHT_MAX_CHUNK)."""
+    `inference`: no backward follows (the scan's settings then: `inference_scan_config`)."""
     chunk = chunk or CHUNK
     tile = min(tile, chunk) if tile else None  # None: each attend's own setting
     check_inputs(q, k, v, i, f, chunk, tile)
@@ -624,7 +634,7 @@ def mlstm_chunkwise_fwd(q, k, v, i, f, chunk=None, tile=None, inference=False):
     q, k, v = (x.reshape(b * h, t, x.shape[-1]).contiguous() for x in (q, k, v))
     gates = gate_terms(i.reshape(b * h, t), f.reshape(b * h, t), chunk)
     c_states, n_states, c_final = state_scan(k, v, gates["weight"], gates["decay"], chunk=chunk,
-                                             config=fwd_scan_config(inference and chunk <= INFERENCE_WEIGHT_MAX_CHUNK))
+                                             config=inference_scan_config(chunk) if inference else None)
     n_parts = n_state_parts(n_states, gates["n_chunks"], q.dtype)
     out, den, s = attend(q, k, v, c_states, n_parts, gates["row"], gates["col"], gates["inter"], chunk=chunk,
                          tile=tile, scale=1.0 / math.sqrt(dqk), fwd_m=gates["m"])

@@ -199,7 +199,7 @@ def test_step_matches_reference_and_continues_a_prefill():
 
 def test_forward_without_autograd_weights_first(monkeypatch):
     # no backward to follow: straight to the kernels, past the op, with the scan's weights applied first
-    # (`weight_chunks`) in either blocks; with autograd through the op, without (chunk_fwd.INFERENCE_WEIGHT_FIRST)
+    # (`weight_chunks`, chunk_fwd.inference_scan_config); with autograd through the op, without
     from kernels.mlstm import chunk_fwd, ops
     calls = []
 
@@ -213,13 +213,16 @@ def test_forward_without_autograd_weights_first(monkeypatch):
     xs = inputs(t=70)
     golden = ref.mlstm_parallel(*(x.double() for x in xs))
     _, golden_state = ref.mlstm_recurrent(*(x.double() for x in xs))
-    for min_programs in (0, 10 ** 9):
+    # main blocks at any chunk, small ones up to INFERENCE_SMALL_WEIGHT_MAX_CHUNK
+    for min_programs, small_max_chunk, weighted in ((0, 16, True), (10 ** 9, 32, True), (10 ** 9, 16, False)):
         monkeypatch.setattr(chunk_fwd, "SCAN_MIN_PROGRAMS", min_programs)
+        monkeypatch.setattr(chunk_fwd, "INFERENCE_SMALL_WEIGHT_MAX_CHUNK", small_max_chunk)
+        calls.clear()
         h, state = mlstm_chunkwise(*xs, chunk=32, tile=16, return_state=True)
         assert rel(h, golden) < 1e-5
         for got, want in zip(state, golden_state):
             assert rel(got, want) < 1e-5
-    assert calls == ["mlstm_chunkwise_fwd", "weight_chunks"] * 2
+        assert calls == ["mlstm_chunkwise_fwd"] + ["weight_chunks"] * weighted
     calls.clear()
     leaves = [x.clone().requires_grad_(True) for x in xs]
     assert rel(mlstm_chunkwise(*leaves, chunk=32, tile=16).detach(), golden) < 1e-5
