@@ -640,13 +640,14 @@ def group_mlstm_forget(out):
 
 # The forward without autograd (inference, prefill), run by name: the scan weighted first in either blocks or not
 # (chunk_fwd.INFERENCE_WEIGHT_FIRST) at chunks 128 and 256, at the 7B shapes and at B=1 (8 heads) from T=8K to 128K;
-# then, at B=1 up to 16K, where the host sets the time, the kernels' GPU time (torch.profiler).
+# then, at B=1 up to 16K, where the host sets the time, the kernels' GPU time (torch.profiler) and a CUDA graph's.
 MLSTM_INFERENCE_CASES = ((64, 1024), (8, 8192)) + tuple((1, 1 << e) for e in range(13, 18))
 
 
 def group_mlstm_inference(out):
     import torch
     from kernels.mlstm import chunk_fwd as cf, mlstm_chunkwise
+    from kernels.sparse_benchmark import graphed
     default = cf.INFERENCE_WEIGHT_FIRST, cf.INFERENCE_SMALL_WEIGHT_MAX_CHUNK
     cf.INFERENCE_SMALL_WEIGHT_MAX_CHUNK = 256
     try:
@@ -664,11 +665,13 @@ def group_mlstm_inference(out):
                 if b == 1 and t <= 16384:
                     for weighted in (False, True):
                         cf.INFERENCE_WEIGHT_FIRST = weighted
+                        label = f"mlstm inference B=1 chunk 128 weighted first {weighted}"
                         kernels, span = profile_kernels(lambda: mlstm_chunkwise(*xs, chunk=128))
-                        emit(out, table="parts", impl=f"mlstm inference B=1 chunk 128 weighted first {weighted}: "
-                             "kernels' GPU time", T=t, ms=sum(ms for _, ms in kernels))
-                        emit(out, table="parts", impl=f"mlstm inference B=1 chunk 128 weighted first {weighted}: "
-                             "first to last kernel", T=t, ms=span)
+                        emit(out, table="parts", impl=f"{label}: kernels' GPU time", T=t,
+                             ms=sum(ms for _, ms in kernels))
+                        emit(out, table="parts", impl=f"{label}: first to last kernel", T=t, ms=span)
+                        emit(out, table="parts", impl=f"{label}: CUDA graph", T=t,
+                             ms=bench(graphed(lambda: mlstm_chunkwise(*xs, chunk=128))))
             xs = None
             torch.cuda.empty_cache()
     finally:
@@ -725,7 +728,8 @@ def group_race_sweep(out):
     split = dict(SPLIT_STATE=True, SPLIT_STATE_WIDE=True)
     fwd_runs = [("default", {}), ("hash in the scans", fused(True)), ("hash first", fused(False)),
                 ("state in two products", split), ("chunk 32", dict(chunk=32)), ("chunk 128", dict(chunk=128)),
-                ("programs 512", programs(512)), ("programs 2048", programs(2048)), ("BV 64", dict(BLOCK_V=64)),
+                ("programs 512", programs(512)), ("programs 1024", programs(1024)), ("programs 2048", programs(2048)),
+                ("BV 64", dict(BLOCK_V=64)),
                 ("stages 2", stages(2)), ("stages 3", stages(3)), ("scans 8 warps", dict(NUM_WARPS=8)),
                 ("sums 8 warps", dict(SUMS_WARPS=8)), ("hash 4 warps", hash_warps(4)), ("hash 8 warps", hash_warps(8)),
                 ("hash rows 64", dict(HASH_ROWS=64))]
