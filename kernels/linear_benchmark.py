@@ -640,7 +640,8 @@ def group_mlstm_forget(out):
 
 # The forward without autograd (inference, prefill), run by name: the scan weighted first in either blocks or not
 # (chunk_fwd.INFERENCE_WEIGHT_FIRST) at chunks 128 and 256, at the 7B shapes and at B=1 (8 heads) from T=8K to 128K;
-# then, at B=1 up to 16K, where the host sets the time, the kernels' GPU time (torch.profiler) and a CUDA graph's.
+# then, at B=1 up to 16K, a lone call's kernel time and first-to-last-kernel span (torch.profiler), and the call
+# replayed from a CUDA graph.
 MLSTM_INFERENCE_CASES = ((64, 1024), (8, 8192)) + tuple((1, 1 << e) for e in range(13, 18))
 
 
