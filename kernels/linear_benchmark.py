@@ -641,7 +641,7 @@ def group_mlstm_forget(out):
 # The forward without autograd (inference, prefill), run by name: the scan weighted first in either blocks or not
 # (chunk_fwd.INFERENCE_WEIGHT_FIRST) at chunks 128 and 256, at the 7B shapes and at B=1 (8 heads) from T=8K to 128K;
 # then, at B=1 up to 16K, a lone call's kernel time and first-to-last-kernel span (torch.profiler), and the call
-# replayed from a CUDA graph.
+# replayed from a CUDA graph; last, torch.compile's path.
 MLSTM_INFERENCE_CASES = ((64, 1024), (8, 8192)) + tuple((1, 1 << e) for e in range(13, 18))
 
 
@@ -677,6 +677,26 @@ def group_mlstm_inference(out):
             torch.cuda.empty_cache()
     finally:
         cf.INFERENCE_WEIGHT_FIRST, cf.INFERENCE_SMALL_WEIGHT_MAX_CHUNK = default
+    # under torch.compile (inductor) at B=8, T=8K: without autograd (the op with the inference settings) and
+    # forward+backward, against eager
+    try:
+        compiled = torch.compile(mlstm_chunkwise)
+        xs = mlstm_inputs(8192, grad=True)
+        with torch.no_grad():
+            emit(out, table="check", what="mlstm torch.compile, without autograd, h vs eager B=8 T=8192",
+                 rel_err=rel(compiled(*xs), mlstm_chunkwise(*xs)))
+            emit(out, table="mlstm", impl="evo mlstm_chunkwise, torch.compile", T=8192, mode="fwd",
+                 ms=bench(lambda: compiled(*xs)), bound_ms=mlstm_bound_ms(8192, "fwd"))
+        dh = torch.randn_like(xs[2])
+        got = torch.autograd.grad(compiled(*xs), xs, dh)
+        want = torch.autograd.grad(mlstm_chunkwise(*xs), xs, dh)
+        emit(out, table="check", what="mlstm torch.compile, gradients vs eager B=8 T=8192",
+             rel_err=max(rel(a, b) for a, b in zip(got, want)))
+        emit(out, table="mlstm", impl="evo mlstm_chunkwise, torch.compile", T=8192, mode="fwd+bwd",
+             ms=time_fwd_bwd(compiled, xs), bound_ms=mlstm_bound_ms(8192, "fwd+bwd"))
+    except Exception as e:  # noqa: BLE001 - reported, not hidden
+        emit(out, table="mlstm", impl="evo mlstm_chunkwise, torch.compile", T=8192, mode="error",
+             error=f"{type(e).__name__}: {e}"[:300])
 
 
 def group_race_parts(out):

@@ -11,13 +11,13 @@ Tensor = torch.Tensor
 
 
 @torch.library.custom_op("evo::mlstm_chunkwise_fwd", mutates_args=())
-def mlstm_chunkwise_fwd_op(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, chunk: int, tile: int
-                           ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return mlstm_chunkwise_fwd(q, k, v, i, f, chunk, tile)
+def mlstm_chunkwise_fwd_op(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, chunk: int, tile: int,
+                           inference: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return mlstm_chunkwise_fwd(q, k, v, i, f, chunk, tile, inference)
 
 
 @mlstm_chunkwise_fwd_op.register_fake
-def _(q, k, v, i, f, chunk, tile):
+def _(q, k, v, i, f, chunk, tile, inference):
     b, h, t, dqk = q.shape
     dv = v.shape[-1]
     nc = triton.cdiv(t, chunk)
@@ -40,7 +40,7 @@ def _(dh, q, k, v, i, f, h, c_states, n_states, den, s, chunk, tile):
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, i, f, chunk, tile = inputs
+    q, k, v, i, f, chunk, tile, _ = inputs
     h, c_states, c_final, n_states, den, s, m_chunk = output
     ctx.mark_non_differentiable(c_states, c_final, n_states, den, s, m_chunk)
     # no zero-filled gradients for the unused outputs (the bf16 chunk states alone are 1 GB at 7B shapes)
@@ -51,8 +51,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dh, *_unused):
     if dh is None:  # h took no part in the loss
-        return (None,) * 7
-    return (*mlstm_chunkwise_bwd_op(dh, *ctx.saved_tensors, *ctx.config), None, None)
+        return (None,) * 8
+    return (*mlstm_chunkwise_bwd_op(dh, *ctx.saved_tensors, *ctx.config), None, None, None)
 
 
 mlstm_chunkwise_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -76,11 +76,11 @@ def mlstm_chunkwise(q, k, v, i, f, chunk=None, tile=None, return_state=False):
     chunk = chunk or CHUNK
     # tile 0: each attend (forward h; backward dq, dk, dv) takes its own tile setting
     tile = min(tile, chunk) if tile else 0
-    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, i, f))
-    if torch.compiler.is_compiling() or needs_grad:
-        h, _, c_final, n_states, _, _, m_chunk = mlstm_chunkwise_fwd_op(q, k, v, i, f, chunk, tile)
-    else:  # no backward to come, no graph to trace: straight to the kernels, with the inference forward's settings
-        h, _, c_final, n_states, _, _, m_chunk = mlstm_chunkwise_fwd(q, k, v, i, f, chunk, tile, inference=True)
+    # no backward to come: the inference forward's settings (chunk_fwd.inference_scan_config), and with no graph to
+    # trace either, straight to the kernels past the op's dispatch
+    inference = not (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, i, f)))
+    fwd = mlstm_chunkwise_fwd if inference and not torch.compiler.is_compiling() else mlstm_chunkwise_fwd_op
+    h, _, c_final, n_states, _, _, m_chunk = fwd(q, k, v, i, f, chunk, tile, inference)
     if not return_state:
         return h
     b, nh, _, dqk = q.shape

@@ -199,7 +199,8 @@ def test_step_matches_reference_and_continues_a_prefill():
 
 def test_forward_without_autograd_weights_first(monkeypatch):
     # no backward to follow: straight to the kernels, past the op, with the scan's weights applied first
-    # (`weight_chunks`, chunk_fwd.inference_scan_config); with autograd through the op, without
+    # (`weight_chunks`, chunk_fwd.inference_scan_config); with autograd through the op, without; under torch.compile
+    # through the op, with
     from kernels.mlstm import chunk_fwd, ops
     calls = []
 
@@ -227,12 +228,20 @@ def test_forward_without_autograd_weights_first(monkeypatch):
     leaves = [x.clone().requires_grad_(True) for x in xs]
     assert rel(mlstm_chunkwise(*leaves, chunk=32, tile=16).detach(), golden) < 1e-5
     assert calls == ["mlstm_chunkwise_fwd_op", "mlstm_chunkwise_fwd"]
+    monkeypatch.undo()  # under torch.compile without autograd: through the op, with the inference settings
+    spy(chunk_fwd, "weight_chunks")
+    calls.clear()
+    compiled = torch.compile(mlstm_chunkwise, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        assert rel(compiled(*xs, chunk=32, tile=16), golden) < 1e-5
+    assert calls == ["weight_chunks"]
 
 
 def test_opcheck_and_torch_compile():
     xs = inputs(t=20, dv=16)
     leaves = [x.requires_grad_(True) for x in xs]
-    torch.library.opcheck(mlstm_chunkwise_fwd_op, (*leaves, 16, 16))
+    for inference in (False, True):
+        torch.library.opcheck(mlstm_chunkwise_fwd_op, (*leaves, 16, 16, inference))
     c, n, m = ref.zero_state(xs[0][..., 0, :].detach(), 16)
     step_inputs = [x[..., 0, :].detach() if x.dim() == 4 else x[..., 0].detach() for x in xs]
     torch.library.opcheck(mlstm_step_op, (*step_inputs, c + 0.5, n + 0.5, m))
