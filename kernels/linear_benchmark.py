@@ -58,9 +58,9 @@ def largest_run_difference(fn, xs, leaves, dout, runs=3):
 
 # ---------------- mLSTM ----------------
 
-def mlstm_inputs(t, layout="bhtd", grad=False):
+def mlstm_inputs(t, layout="bhtd", grad=False, b=None):
     import torch
-    b, h = 65536 // t, 8
+    b, h = b or 65536 // t, 8
     g = torch.Generator(device="cuda").manual_seed(t)
     shape = (b, h, t) if layout == "bhtd" else (b, t, h)
     mk = lambda *s: torch.randn(*s, generator=g, device="cuda", dtype=torch.float32)  # noqa: E731
@@ -653,10 +653,7 @@ def group_mlstm_inference(out):
     cf.INFERENCE_SMALL_WEIGHT_MAX_CHUNK = 256
     try:
         for b, t in MLSTM_INFERENCE_CASES:
-            g = torch.Generator(device="cuda").manual_seed(t)
-            mk = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
-            xs = [mk(b, 8, t, 256).bfloat16(), mk(b, 8, t, 256).bfloat16(), mk(b, 8, t, 512).bfloat16(),
-                  mk(b, 8, t), mk(b, 8, t) + 3.0]
+            xs = mlstm_inputs(t, b=b)
             with torch.no_grad():
                 for chunk in (128, 256):
                     for weighted in (False, True):

@@ -452,7 +452,8 @@ def fwd_scan_config():
 
 
 def inference_scan_config(chunk):
-    """The forward scan's settings when no backward follows (INFERENCE_WEIGHT_FIRST)."""
+    """The forward scan's settings when no backward follows: with INFERENCE_WEIGHT_FIRST, weighted first in the main
+    blocks, and in the small ones up to chunks of INFERENCE_SMALL_WEIGHT_MAX_CHUNK."""
     cfg = fwd_scan_config()
     if INFERENCE_WEIGHT_FIRST:
         cfg.update(weight_first=True, small_weight_first=chunk <= INFERENCE_SMALL_WEIGHT_MAX_CHUNK)
