@@ -6,12 +6,12 @@ Three steps, none of which waits on another program:
      per-chunk cumulative log forget b, the chunk-boundary stabilizers m_c (a max-plus scan),
      per-token stabilizers m_t; every exponent the kernels use is precomputed in log space and
      is <= 0, so no exp overflows.
-  2. `_chunk_state_scan`: the inter-chunk recurrence C_c = exp(decay_c) C_{c-1} + (k * w)^T v (k * w and the
-     n increments by `_weight_chunks` first: the scan's product then takes both operands from Triton's pipeline),
-     parallel over (DQK/BK, DV/BN) tiles of the state (fp32 in registers); stores the state
-     before every chunk in the inputs' dtype (bf16 at 7B: half the bytes, a bf16 tensor-core
-     dot in step 3); `_n_state_parts` puts the n states in two parts of that dtype (q . n a
-     tensor-core dot too).
+  2. `_chunk_state_scan`: the inter-chunk recurrence C_c = exp(decay_c) C_{c-1} + (k * w)^T v (with no backward
+     to follow, k * w and the n increments are written first by `_weight_chunks`, so that the scan's product takes
+     both operands from Triton's pipeline; with one, w goes onto v in registers: STATE_WEIGHT_FIRST), parallel
+     over (DQK/BK, DV/BN) tiles of the state (fp32 in registers); stores the state before every chunk in the
+     inputs' dtype (bf16 at 7B: half the bytes, a bf16 tensor-core dot in step 3); `_n_state_parts` puts the n
+     states in two parts of that dtype (q . n a tensor-core dot too).
   3. `_chunk_attend`: every (tile of BR rows in a chunk, DV block) at once: intra-chunk attention
      over the chunk's earlier column tiles (TFLA-style tiling: chunks of 64..512 as tiles of
      BR x BC, so the score tile stays in registers) plus q . C_{c-1}, then the normalizer.
