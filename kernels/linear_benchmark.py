@@ -45,14 +45,17 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+def output_and_grads(fn, xs, leaves, dout):
+    """[fn(*xs), its gradients for `leaves` given dout]."""
+    import torch
+    out = fn(*xs)
+    return [out.detach()] + list(torch.autograd.grad(out, leaves, dout))
+
+
 def largest_run_difference(fn, xs, leaves, dout, runs=3):
     """fn(*xs) and its gradients for `leaves` (dout) `runs` times on identical inputs: the largest relative
     difference from the first run (any difference: not deterministic)."""
-    import torch
-    results = []
-    for _ in range(runs):
-        out = fn(*xs)
-        results.append([out.detach()] + list(torch.autograd.grad(out, leaves, dout)))
+    results = [output_and_grads(fn, xs, leaves, dout) for _ in range(runs)]
     return max(rel(a, b) for other in results[1:] for a, b in zip(other, results[0]))
 
 
@@ -226,13 +229,14 @@ def group_race_ref(out):
     race_rows(out, "PyTorch reference (chunked, fp32 math)", race_causal_chunked, 1 << 16, 1 << 14)
 
 
-def group_race_sdpa(out):
+def sdpa_causal(q, k, v, w):
+    """The softmax-attention peer on RACE's inputs (the hyperplanes w unused)."""
     import torch.nn.functional as F
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-    def sdpa(q, k, v, w):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-    race_rows(out, "SDPA causal (flash), softmax attention", sdpa, 1 << 17, 1 << 16, pls=RACE_PL[:1])
+def group_race_sdpa(out):
+    race_rows(out, "SDPA causal (flash), softmax attention", sdpa_causal, 1 << 17, 1 << 16, pls=RACE_PL[:1])
 
 
 RACE_GRAPH_T = tuple(1 << e for e in (10, 11, 12, 13, 14, 16, 18))
@@ -243,15 +247,11 @@ def group_race_graphs(out):
     # a CUDA graph, ours and SDPA's alike, which leaves GPU time: the crossover with SDPA without the host floor.
     # Then the user's way to it, torch.compile(mode="reduce-overhead") (inductor, CUDA graphs), at one length.
     import torch
-    import torch.nn.functional as F
     from kernels.race import race_causal
     from kernels.sparse_benchmark import graphed
 
-    def sdpa(q, k, v, w):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
     impls = [("evo race_causal, CUDA graph", race_causal, RACE_PL, RACE_GRAPH_T),
-             ("SDPA causal (flash), CUDA graph", sdpa, RACE_PL[:1], RACE_GRAPH_T[:-1])]  # 256K: 0.4 s a call
+             ("SDPA causal (flash), CUDA graph", sdpa_causal, RACE_PL[:1], RACE_GRAPH_T[:-1])]  # 256K: 0.4 s a call
     for name, fn, pls, lengths in impls:
         for p, n_tables in pls:
             for t in lengths:
@@ -275,15 +275,13 @@ def group_race_graphs(out):
         compiled = torch.compile(race_causal, mode="reduce-overhead")
         xs = race_inputs(t, p, n_tables, grad=True)
         dout = torch.randn_like(xs[2])
-        want = [race_causal(*xs)] + list(torch.autograd.grad(race_causal(*xs), xs[:3], dout))
+        want = output_and_grads(race_causal, xs, xs[:3], dout)
 
         def step():
-            o = compiled(*xs)
-            return [o] + list(torch.autograd.grad(o, xs[:3], dout))
+            return output_and_grads(compiled, xs, xs[:3], dout)
 
-        got = step()
         emit(out, table="check", what=f"race torch.compile reduce-overhead T={t} P={p} L={n_tables}, o and grads vs "
-             "eager", rel_err=max(rel(a, b) for a, b in zip(got, want)))
+             "eager", rel_err=max(rel(a, b) for a, b in zip(step(), want)))
         emit(out, table="race", impl="evo race_causal, torch.compile reduce-overhead", P=p, L=n_tables, T=t,
              mode="fwd+bwd", ms=bench(step), bound_ms=race_bound_ms(t, "fwd+bwd"))
     except Exception as e:  # noqa: BLE001 - reported, not hidden
@@ -685,8 +683,7 @@ def group_mlstm_inference(out):
             emit(out, table="mlstm", impl="evo mlstm_chunkwise, torch.compile", T=8192, mode="fwd",
                  ms=bench(lambda: compiled(*xs)), bound_ms=mlstm_bound_ms(8192, "fwd"))
         dh = torch.randn_like(xs[2])
-        got = torch.autograd.grad(compiled(*xs), xs, dh)
-        want = torch.autograd.grad(mlstm_chunkwise(*xs), xs, dh)
+        got, want = (output_and_grads(fn, xs, xs, dh)[1:] for fn in (compiled, mlstm_chunkwise))
         emit(out, table="check", what="mlstm torch.compile, gradients vs eager B=8 T=8192",
              rel_err=max(rel(a, b) for a, b in zip(got, want)))
         emit(out, table="mlstm", impl="evo mlstm_chunkwise, torch.compile", T=8192, mode="fwd+bwd",
