@@ -511,6 +511,13 @@ def scan_is_narrow(bh, kd, nd, config=None):
     return triton.cdiv(kd, min(cfg["bk"], kd)) * triton.cdiv(nd, min(cfg["bn"], nd)) * bh < cfg["min_programs"]
 
 
+def scan_blocks(cfg, narrow):
+    """(BK, BN, warps, weighted first) of a scan config's main blocks, or with `narrow` its small ones."""
+    if narrow:
+        return cfg["small_bk"], cfg["small_bn"], cfg["small_warps"], bool(cfg.get("small_weight_first"))
+    return cfg["bk"], cfg["bn"], cfg["warps"], bool(cfg.get("weight_first"))
+
+
 def scan_stages(chunk, block_k, block_n, itemsize, stages, weighted):
     """Pipeline stages that fit in shared memory for a scan step's whole chunk of A (BK columns) and B (BN columns).
     Offline for sm_90a at chunks 128-512, the first stage took one chunk of both, each further one 0.52-0.68 of
@@ -597,11 +604,8 @@ def state_scan(a, b, wlog, decay, *, chunk, reverse=False, coef=None, pair=None,
     states = torch.empty(bh, nc, kd, nd, device=a.device, dtype=a.dtype)
     final = None if reverse else torch.empty(bh, kd, nd, device=a.device, dtype=torch.float32)
     vec = torch.empty(bh, n_states, kd, device=a.device, dtype=torch.float32)
-    narrow = scan_is_narrow(bh, kd, nd, cfg)
-    block_k, block_n, warps = min(cfg["bk"], kd), min(cfg["bn"], nd), cfg["warps"]
-    if narrow:
-        block_k, block_n, warps = min(cfg["small_bk"], kd), min(cfg["small_bn"], nd), cfg["small_warps"]
-    weighted = bool(cfg.get("small_weight_first" if narrow else "weight_first"))
+    block_k, block_n, warps, weighted = scan_blocks(cfg, scan_is_narrow(bh, kd, nd, cfg))
+    block_k, block_n = min(block_k, kd), min(block_n, nd)
     sums = vec
     if weighted:  # the weights and coef go into a and the sums: the scan reads neither
         a, sums = weight_chunks(a, wlog, chunk, coef)

@@ -331,10 +331,7 @@ def test_state_scans_fit_in_shared_memory(chunk, scan):
     from kernels.mlstm import chunk_bwd, chunk_fwd
     reverse, paired = scan.startswith("reverse"), "paired" in scan
     cfg = (chunk_bwd.REV_SCAN_PAIRED if paired else chunk_bwd.REV_SCAN) if reverse else chunk_fwd.fwd_scan_config()
-    small = scan.endswith("small blocks")
-    bk, bn, warps = (cfg["small_bk"], cfg["small_bn"], cfg["small_warps"]) if small else (cfg["bk"], cfg["bn"],
-                                                                                          cfg["warps"])
-    weighted = bool(cfg.get("small_weight_first" if small else "weight_first"))
+    bk, bn, warps, weighted = chunk_fwd.scan_blocks(cfg, scan.endswith("small blocks"))
     constexprs = dict(KD=256, ND=512, CHUNK=chunk, BK=bk, BN=bn, REVERSE=reverse, HAS_COEF=reverse and not weighted,
                       PREFETCH=bool(cfg.get("prefetch")), PAIR=paired, WEIGHTED=weighted)
     stages = chunk_fwd.scan_stages(chunk, bk, bn, 2, cfg["stages"], weighted)
